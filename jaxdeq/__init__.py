@@ -1,0 +1,23 @@
+"""jaxdeq: implicit and continuous-time models in JAX."""
+
+import importlib.metadata
+
+from ._adjoint import (
+    AbstractDEQAdjoint as AbstractDEQAdjoint,
+    ImplicitAdjoint as ImplicitAdjoint,
+    JacobianFreeAdjoint as JacobianFreeAdjoint,
+    NeumannAdjoint as NeumannAdjoint,
+    PhantomAdjoint as PhantomAdjoint,
+)
+from ._deq import DEQ as DEQ, fixed_point as fixed_point
+from ._regularisers import (
+    fixed_point_correction as fixed_point_correction,
+    jacobian_regulariser as jacobian_regulariser,
+    spectral_radius as spectral_radius,
+)
+from ._results import RESULTS as RESULTS
+from ._solver import Anderson as Anderson, Broyden as Broyden
+from ._stats import BackwardStats as BackwardStats
+
+
+__version__ = importlib.metadata.version("jaxdeq")

@@ -1,0 +1,2 @@
+from .anderson import Anderson as Anderson
+from .broyden import Broyden as Broyden

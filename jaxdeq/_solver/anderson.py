@@ -1,0 +1,313 @@
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+
+from .._misc import (
+    bookkeeping_dtype,
+    check_positive_int,
+    check_tolerances,
+    check_unit_interval,
+    DIVERGENCE_RATIO,
+    flatten,
+    record,
+    relative,
+    unflatten,
+)
+
+
+# Mixing coefficients larger than this (in sum of absolute values) mean the
+# least-squares system was numerically singular: the extrapolation is not trusted.
+_MAX_COEFF = 1e4
+
+
+class _AndersonState(eqx.Module):
+    iterates: Float[Array, "memory n"]
+    residuals: Float[Array, "memory n"]
+    gram: Float[Array, "memory memory"]
+    valid: Bool[Array, " memory"]
+    index: Int[Array, ""]
+    best_y: Float[Array, " n"]
+    best_g: Float[Array, " n"]
+    best_residual: Scalar
+    first_residual: Scalar
+    abs_residual: Scalar
+    rel_residual: Scalar
+    converged: Bool[Array, ""]
+    diverged: Bool[Array, ""]
+    step: Int[Array, ""]
+    num_fn_evals: Int[Array, ""]
+    num_restarts: Int[Array, ""]
+    trace: Float[Array, " trace_size"]
+
+
+class Anderson(optx.AbstractFixedPointSolver):
+    r"""Type-II Anderson acceleration for fixed points $y = f(y)$.
+
+    Keeps the last `memory` iterates $x_i$ and residuals $g_i = f(x_i) - x_i$ in
+    fixed-size buffers written cyclically, solves the regularised constrained least
+    squares
+
+    $$\min_\alpha \Big\|\sum_i \alpha_i g_i\Big\|^2 + \lambda \bar{g}^2 \|\alpha\|^2
+    \quad\text{s.t.}\quad \sum_i \alpha_i = 1$$
+
+    (with $\bar g^2$ the mean squared residual norm in the history, so the ridge is
+    scale free) as a bordered $(m + 1) \times (m + 1)$ linear system in at least
+    float32, and moves to $x^+ = \sum_i \alpha_i (x_i + \beta g_i)$.
+
+    Safeguards: if the mixing coefficients are non-finite or huge (an
+    ill-conditioned history) the step falls back to a damped Picard step
+    $x + \beta_s g$ and the history restarts; if the residual grows to more than
+    `safeguard_factor` times the best residual seen, the solver returns to the best
+    iterate, takes a damped Picard step from there and restarts the history.
+
+    The solver stops at the first iterate whose residual satisfies
+    $\|f(y) - y\| \le \mathrm{atol} + \mathrm{rtol}\,\|f(y)\|$, and returns that
+    iterate (not a further extrapolation), so the reported residual is exactly the
+    residual of the returned value. One function evaluation per step.
+
+    The state is a single problem: for a batch of independent problems, `jax.vmap`
+    the solve (as [`jaxdeq.DEQ`][] does), which gives each sample its own norm, its own
+    least squares and its own stopping time.
+
+    ??? cite "References"
+
+        ```bibtex
+        @article{anderson1965iterative,
+            author = {Anderson, Donald G.},
+            title = {Iterative Procedures for Nonlinear Integral Equations},
+            journal = {Journal of the ACM},
+            volume = {12},
+            number = {4},
+            pages = {547--560},
+            year = {1965},
+        }
+
+        @article{walker2011anderson,
+            author = {Walker, Homer F. and Ni, Peng},
+            title = {Anderson Acceleration for Fixed-Point Iterations},
+            journal = {SIAM Journal on Numerical Analysis},
+            volume = {49},
+            number = {4},
+            pages = {1715--1735},
+            year = {2011},
+        }
+        ```
+    """
+
+    rtol: float
+    atol: float
+    norm: Callable[[PyTree], Scalar] = optx.two_norm
+    memory: int = 5
+    ridge: float = 1e-4
+    damping: float = 1.0
+    safeguard_factor: float = 1e3
+    safeguard_damping: float = 0.5
+    trace_size: int = 64
+
+    _name: ClassVar[str] = "Anderson"
+
+    def __check_init__(self):
+        check_tolerances(self._name, self.rtol, self.atol)
+        check_positive_int(self._name, "memory", self.memory)
+        check_positive_int(self._name, "trace_size", self.trace_size)
+        check_unit_interval(self._name, "damping", self.damping)
+        check_unit_interval(self._name, "safeguard_damping", self.safeguard_damping)
+        if not float(self.ridge) >= 0:
+            raise ValueError(f"Anderson: `ridge` must be >= 0, got {self.ridge!r}.")
+        if not float(self.safeguard_factor) > 1:
+            raise ValueError(
+                "Anderson: `safeguard_factor` must be > 1 (the residual growth that "
+                f"triggers a restart), got {self.safeguard_factor!r}."
+            )
+
+    def init(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        f_struct: PyTree[jax.ShapeDtypeStruct],
+        aux_struct: PyTree[jax.ShapeDtypeStruct],
+        tags: frozenset[object],
+    ) -> _AndersonState:
+        del fn, args, options, aux_struct, tags
+        dtype = bookkeeping_dtype((y, f_struct))
+        x = flatten(y, dtype)
+        n = x.shape[0]
+        m = self.memory
+        inf = jnp.array(jnp.inf, dtype)
+        return _AndersonState(
+            iterates=jnp.zeros((m, n), dtype),
+            residuals=jnp.zeros((m, n), dtype),
+            gram=jnp.zeros((m, m), dtype),
+            valid=jnp.zeros((m,), bool),
+            index=jnp.array(0),
+            best_y=x,
+            best_g=jnp.zeros_like(x),
+            best_residual=inf,
+            first_residual=inf,
+            abs_residual=inf,
+            rel_residual=inf,
+            converged=jnp.array(False),
+            diverged=jnp.array(False),
+            step=jnp.array(0),
+            num_fn_evals=jnp.array(0),
+            num_restarts=jnp.array(0),
+            trace=jnp.full((self.trace_size,), jnp.nan, dtype),
+        )
+
+    def step(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _AndersonState,
+        tags: frozenset[object],
+    ) -> tuple[PyTree[Array], _AndersonState, Any]:
+        del options, tags
+        fy, aux = fn(y, args)
+        dtype = state.iterates.dtype
+        x = flatten(y, dtype)
+        f = flatten(fy, dtype)
+        g = f - x
+        abs_residual = self.norm(g)
+        rel_residual = relative(abs_residual, self.norm(f))
+        converged = abs_residual <= self.atol + self.rtol * self.norm(f)
+        first_residual = jnp.where(state.step == 0, abs_residual, state.first_residual)
+        diverged = jnp.invert(jnp.isfinite(abs_residual)) | (
+            abs_residual > DIVERGENCE_RATIO * first_residual
+        )
+
+        # Residual grew far beyond the best seen: go back to the best iterate.
+        grew = abs_residual > self.safeguard_factor * state.best_residual
+        improved = abs_residual < state.best_residual
+        best_y = jnp.where(improved, x, state.best_y)
+        best_g = jnp.where(improved, g, state.best_g)
+        best_residual = jnp.where(improved, abs_residual, state.best_residual)
+
+        # Write (x, g) into the history and update the Gram matrix in O(m n).
+        index = state.index
+        iterates = state.iterates.at[index].set(x)
+        residuals = state.residuals.at[index].set(g)
+        valid = state.valid.at[index].set(True)
+        row = residuals @ g
+        gram = state.gram.at[index, :].set(row).at[:, index].set(row)
+
+        alpha, well_conditioned = self._mixing(gram, valid)
+        mixed_x = alpha @ iterates
+        mixed_g = alpha @ residuals
+        anderson_x = mixed_x + self.damping * mixed_g
+        picard_x = x + self.safeguard_damping * g
+        restart_x = best_y + self.safeguard_damping * best_g
+        new_x = jnp.where(
+            grew, restart_x, jnp.where(well_conditioned, anderson_x, picard_x)
+        )
+        restart = grew | jnp.invert(well_conditioned)
+        # On an ill-conditioned restart keep the newest pair; after a residual blow-up
+        # keep nothing.
+        keep_newest = jnp.arange(self.memory) == index
+        valid = jnp.where(
+            grew, jnp.zeros_like(valid), jnp.where(restart, keep_newest, valid)
+        )
+
+        new_y = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(converged, a, b), y, unflatten(new_x, y)
+        )
+        new_state = _AndersonState(
+            iterates=iterates,
+            residuals=residuals,
+            gram=gram,
+            valid=valid,
+            index=(index + 1) % self.memory,
+            best_y=best_y,
+            best_g=best_g,
+            best_residual=best_residual,
+            first_residual=first_residual,
+            abs_residual=abs_residual,
+            rel_residual=rel_residual,
+            converged=converged,
+            diverged=diverged,
+            step=state.step + 1,
+            num_fn_evals=state.num_fn_evals + 1,
+            num_restarts=state.num_restarts + jnp.where(converged, 0, restart),
+            trace=record(state.trace, state.step, rel_residual),
+        )
+        return new_y, new_state, aux
+
+    def _mixing(
+        self, gram: Float[Array, "m m"], valid: Bool[Array, " m"]
+    ) -> tuple[Float[Array, " m"], Bool[Array, ""]]:
+        m = self.memory
+        mask = valid[:, None] & valid[None, :]
+        gram = jnp.where(mask, gram, 0)
+        count = jnp.sum(valid)
+        scale = jnp.sum(jnp.where(valid, jnp.diagonal(gram), 0)) / jnp.maximum(count, 1)
+        scale = jnp.where(scale > 0, scale, 1)
+        # Normalised by the mean squared residual so the system is O(1) whatever the
+        # residual's size. Invalid slots get an identity row and a zero border, which
+        # forces their coefficient to zero.
+        h = gram / scale + jnp.diag(jnp.where(valid, self.ridge, 1.0))
+        border = valid.astype(gram.dtype)
+        top = jnp.concatenate([jnp.zeros((1,), gram.dtype), border])
+        bordered = jnp.concatenate([top[None, :], jnp.concatenate([border[:, None], h], 1)])
+        rhs = jnp.zeros((m + 1,), gram.dtype).at[0].set(1)
+        alpha = jnp.linalg.solve(bordered, rhs)[1:]
+        alpha = jnp.where(valid, alpha, 0)
+        ok = jnp.all(jnp.isfinite(alpha)) & (jnp.sum(jnp.abs(alpha)) < _MAX_COEFF)
+        alpha = jnp.where(ok, alpha, 0)
+        return alpha, ok
+
+    def terminate(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _AndersonState,
+        tags: frozenset[object],
+    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+        del fn, y, args, options, tags
+        result = optx.RESULTS.where(
+            state.diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+        )
+        return state.converged | state.diverged, result
+
+    def postprocess(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        aux: Any,
+        args: PyTree,
+        options: dict[str, Any],
+        state: _AndersonState,
+        tags: frozenset[object],
+        result: optx.RESULTS,
+    ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
+        del fn, args, options, tags, result
+        return y, aux, {}
+
+
+Anderson.__init__.__doc__ = r"""**Arguments:**
+
+- `rtol`: relative tolerance: stop when $\|f(y) - y\| \le$ `atol` $+$ `rtol`
+    $\|f(y)\|$.
+- `atol`: absolute tolerance, as above.
+- `norm`: the norm of the stopping test, any `PyTree -> Scalar`; defaults to
+    [`optimistix.two_norm`][].
+- `memory`: the number $m \ge 1$ of past iterates mixed. `memory=1` is damped
+    fixed-point (Picard) iteration.
+- `ridge`: the relative Tikhonov regularisation $\lambda \ge 0$ of the least squares.
+- `damping`: the mixing parameter $\beta \in (0, 1]$; $1$ is undamped.
+- `safeguard_factor`: restart from the best iterate when the residual exceeds this
+    multiple of the best residual so far. Must be $> 1$.
+- `safeguard_damping`: the damping of the Picard step taken on a restart, in
+    $(0, 1]$.
+- `trace_size`: length of the residual trace kept in the state; step $k$ writes its
+    relative residual to slot $\min(k, \text{trace\_size} - 1)$.
+"""

@@ -1,0 +1,279 @@
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optimistix as optx
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+
+from .._misc import (
+    bookkeeping_dtype,
+    check_positive_int,
+    check_tolerances,
+    DIVERGENCE_RATIO,
+    flatten,
+    record,
+    relative,
+    unflatten,
+)
+
+
+class _BroydenState(eqx.Module):
+    g: Float[Array, " n"]
+    aux: Any
+    us: Float[Array, "memory n"]
+    vs: Float[Array, "memory n"]
+    index: Int[Array, ""]
+    first_residual: Scalar
+    abs_residual: Scalar
+    rel_residual: Scalar
+    converged: Bool[Array, ""]
+    diverged: Bool[Array, ""]
+    step: Int[Array, ""]
+    num_fn_evals: Int[Array, ""]
+    num_backtracks: Int[Array, ""]
+    trace: Float[Array, " trace_size"]
+
+
+def _apply_inverse(us, vs, a):
+    # H a with H = -I + sum_i u_i v_i^T.
+    return -a + (vs @ a) @ us
+
+
+def _apply_inverse_transpose(us, vs, a):
+    return -a + (us @ a) @ vs
+
+
+class Broyden(optx.AbstractRootFinder):
+    r"""Limited-memory "good" Broyden method for roots $g(y) = 0$ and fixed points.
+
+    The inverse Jacobian of $g$ is approximated by
+    $H = -I + \sum_{i=1}^{m} u_i v_i^\top$ with at most `memory` rank-one terms held in
+    fixed-size buffers (the oldest term is dropped when they are full), so memory is
+    bounded by `memory`, never by `max_steps`. Each step moves along $p = -H g(y)$,
+    optionally with a backtracking line search on $\|g\|$, and applies the good
+    Broyden update
+    $H \leftarrow H + (\Delta y - H \Delta g)\,\Delta y^\top H / (\Delta y^\top H \Delta g)$.
+
+    As a root finder it works in [`optimistix.root_find`][]; in
+    [`optimistix.fixed_point`][] it solves $g(y) = f(y) - y = 0$, for which $H = -I$
+    is plain fixed-point iteration and the first step is a Picard step. It stops when
+    $\|g(y)\| \le \mathrm{atol} + \mathrm{rtol}\,\|y + g(y)\|$, i.e. for fixed points
+    $\|f(y) - y\| \le \mathrm{atol} + \mathrm{rtol}\,\|f(y)\|$, and returns the iterate
+    that passed the test. The initial residual costs one function evaluation in
+    `init`; each step costs one more, plus one per backtrack.
+
+    For a batch of independent problems, `jax.vmap` the solve.
+
+    ??? cite "References"
+
+        ```bibtex
+        @article{broyden1965class,
+            author = {Broyden, Charles G.},
+            title = {A Class of Methods for Solving Nonlinear Simultaneous Equations},
+            journal = {Mathematics of Computation},
+            volume = {19},
+            number = {92},
+            pages = {577--593},
+            year = {1965},
+        }
+
+        @inproceedings{bai2019deep,
+            author = {Bai, Shaojie and Kolter, J. Zico and Koltun, Vladlen},
+            title = {Deep Equilibrium Models},
+            booktitle = {Advances in Neural Information Processing Systems},
+            year = {2019},
+        }
+        ```
+    """
+
+    rtol: float
+    atol: float
+    norm: Callable[[PyTree], Scalar] = optx.two_norm
+    memory: int = 30
+    line_search: bool = False
+    max_backtracks: int = 8
+    trace_size: int = 64
+
+    _name: ClassVar[str] = "Broyden"
+
+    def __check_init__(self):
+        check_tolerances(self._name, self.rtol, self.atol)
+        check_positive_int(self._name, "memory", self.memory)
+        check_positive_int(self._name, "max_backtracks", self.max_backtracks)
+        check_positive_int(self._name, "trace_size", self.trace_size)
+
+    def _residual(self, fn, y, args, dtype):
+        out, aux = fn(y, args)
+        g = flatten(out, dtype)
+        return g, self.norm(g), aux
+
+    def init(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        f_struct: PyTree[jax.ShapeDtypeStruct],
+        aux_struct: PyTree[jax.ShapeDtypeStruct],
+        tags: frozenset[object],
+    ) -> _BroydenState:
+        del options, aux_struct, tags
+        if jtu.tree_structure(y) != jtu.tree_structure(f_struct) or any(
+            a.shape != b.shape
+            for a, b in zip(jtu.tree_leaves(y), jtu.tree_leaves(f_struct))
+        ):
+            raise ValueError(
+                "Broyden: the root function must return a pytree with the same "
+                "structure and shapes as `y0`. For a least-squares problem with a "
+                "different output size use `optimistix.least_squares`."
+            )
+        dtype = bookkeeping_dtype((y, f_struct))
+        g, abs_residual, aux = self._residual(fn, y, args, dtype)
+        x = flatten(y, dtype)
+        n = x.shape[0]
+        scale = self.norm(x + g)
+        rel_residual = relative(abs_residual, scale)
+        return _BroydenState(
+            g=g,
+            aux=aux,
+            us=jnp.zeros((self.memory, n), dtype),
+            vs=jnp.zeros((self.memory, n), dtype),
+            index=jnp.array(0),
+            first_residual=abs_residual,
+            abs_residual=abs_residual,
+            rel_residual=rel_residual,
+            converged=abs_residual <= self.atol + self.rtol * scale,
+            diverged=jnp.invert(jnp.isfinite(abs_residual)),
+            step=jnp.array(0),
+            num_fn_evals=jnp.array(1),
+            num_backtracks=jnp.array(0),
+            trace=record(
+                jnp.full((self.trace_size,), jnp.nan, dtype), jnp.array(0), rel_residual
+            ),
+        )
+
+    def step(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _BroydenState,
+        tags: frozenset[object],
+    ) -> tuple[PyTree[Array], _BroydenState, Any]:
+        del options, tags
+        dtype = state.g.dtype
+        x = flatten(y, dtype)
+        g = state.g
+        direction = -_apply_inverse(state.us, state.vs, g)
+
+        def evaluate(size):
+            trial = unflatten(x + size * direction, y)
+            new_g, new_norm, aux = self._residual(fn, trial, args, dtype)
+            return trial, new_g, new_norm, aux
+
+        trial, new_g, new_norm, aux = evaluate(jnp.array(1.0, dtype))
+        num_backtracks = jnp.array(0)
+        size = jnp.array(1.0, dtype)
+        if self.line_search:
+            # Backtrack while the residual does not decrease sufficiently.
+            def cond(carry):
+                _, _, norm_, _, size_, tries = carry
+                sufficient = norm_ <= (1 - 1e-4 * size_) * state.abs_residual
+                return jnp.invert(sufficient) & (tries < self.max_backtracks)
+
+            def body(carry):
+                *_, size_, tries = carry
+                size_ = size_ / 2
+                return (*evaluate(size_), size_, tries + 1)
+
+            trial, new_g, new_norm, aux, size, num_backtracks = jax.lax.while_loop(
+                cond, body, (trial, new_g, new_norm, aux, size, num_backtracks)
+            )
+
+        new_x = flatten(trial, dtype)
+        dx = new_x - x
+        dg = new_g - g
+        h_dg = _apply_inverse(state.us, state.vs, dg)
+        denom = jnp.dot(dx, h_dg)
+        safe = jnp.abs(denom) > 1e-12 * jnp.linalg.norm(dx) * jnp.linalg.norm(h_dg)
+        safe = safe & jnp.isfinite(denom)
+        u = jnp.where(safe, (dx - h_dg) / jnp.where(safe, denom, 1), 0)
+        v = jnp.where(safe, _apply_inverse_transpose(state.us, state.vs, dx), 0)
+        us = state.us.at[state.index].set(u)
+        vs = state.vs.at[state.index].set(v)
+        index = jnp.where(safe, (state.index + 1) % self.memory, state.index)
+
+        scale = self.norm(new_x + new_g)
+        rel_residual = relative(new_norm, scale)
+        diverged = jnp.invert(jnp.isfinite(new_norm)) | (
+            new_norm > DIVERGENCE_RATIO * state.first_residual
+        )
+        new_state = _BroydenState(
+            g=new_g,
+            aux=aux,
+            us=us,
+            vs=vs,
+            index=index,
+            first_residual=state.first_residual,
+            abs_residual=new_norm,
+            rel_residual=rel_residual,
+            converged=new_norm <= self.atol + self.rtol * scale,
+            diverged=diverged,
+            step=state.step + 1,
+            num_fn_evals=state.num_fn_evals + 1 + num_backtracks,
+            num_backtracks=state.num_backtracks + num_backtracks,
+            trace=record(state.trace, state.step + 1, rel_residual),
+        )
+        return trial, new_state, aux
+
+    def terminate(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _BroydenState,
+        tags: frozenset[object],
+    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+        del fn, y, args, options, tags
+        result = optx.RESULTS.where(
+            state.diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+        )
+        return state.converged | state.diverged, result
+
+    def postprocess(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        aux: Any,
+        args: PyTree,
+        options: dict[str, Any],
+        state: _BroydenState,
+        tags: frozenset[object],
+        result: optx.RESULTS,
+    ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
+        del fn, aux, args, options, tags, result
+        # The aux of the returned iterate (also when the solve stopped at `y0`).
+        return y, state.aux, {}
+
+
+Broyden.__init__.__doc__ = r"""**Arguments:**
+
+- `rtol`: relative tolerance: stop when $\|g(y)\| \le$ `atol` $+$ `rtol`
+    $\|y + g(y)\|$ (for fixed points, $\|f(y) - y\| \le$ `atol` $+$ `rtol`
+    $\|f(y)\|$).
+- `atol`: absolute tolerance, as above.
+- `norm`: the norm of the stopping test, any `PyTree -> Scalar`; defaults to
+    [`optimistix.two_norm`][].
+- `memory`: the number of rank-one terms kept in the inverse-Jacobian estimate.
+- `line_search`: whether to backtrack (halving the step) until
+    $\|g\|$ decreases sufficiently.
+- `max_backtracks`: the most halvings per step when `line_search=True`.
+- `trace_size`: length of the residual trace kept in the state; the residual after
+    step $k$ goes to slot $\min(k, \text{trace\_size} - 1)$ (slot 0 holds the initial
+    residual).
+"""
