@@ -79,6 +79,13 @@ def _check_inputs(fn, solver, y0, args, has_aux, max_steps, adjoint, backward_st
             f"structure and shapes as `y0`; got {out} for y0 of {y_struct}. A fixed "
             "point maps the state to itself: check the cell's output size."
         )
+    for a, b in zip(jtu.tree_leaves(out), jtu.tree_leaves(y_struct)):
+        if a.dtype != b.dtype:
+            raise TypeError(
+                f"jaxdeq.fixed_point: `fn(y0, args)` returns {a.dtype} where `y0` is "
+                f"{b.dtype}. Make them agree, e.g. build `y0` with dtype={a.dtype} or "
+                "cast the parameters and inputs of the cell to the state's dtype."
+            )
 
 
 def _diagnostics(fn, solver, sol, args, has_aux):

@@ -23,6 +23,9 @@ from .._misc import (
 # Mixing coefficients larger than this (in sum of absolute values) mean the
 # least-squares system was numerically singular: the extrapolation is not trusted.
 _MAX_COEFF = 1e4
+# The normalised Gram matrix is ill-conditioned when its condition number exceeds
+# 1 / (this * machine epsilon): beyond it the coefficients carry no correct digits.
+_COND_MARGIN = 100.0
 
 
 class _AndersonState(eqx.Module):
@@ -39,6 +42,7 @@ class _AndersonState(eqx.Module):
     rel_residual: Scalar
     converged: Bool[Array, ""]
     diverged: Bool[Array, ""]
+    nonfinite: Bool[Array, ""]
     step: Int[Array, ""]
     num_fn_evals: Int[Array, ""]
     num_restarts: Int[Array, ""]
@@ -155,6 +159,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             rel_residual=inf,
             converged=jnp.array(False),
             diverged=jnp.array(False),
+            nonfinite=jnp.array(False),
             step=jnp.array(0),
             num_fn_evals=jnp.array(0),
             num_restarts=jnp.array(0),
@@ -180,9 +185,8 @@ class Anderson(optx.AbstractFixedPointSolver):
         rel_residual = relative(abs_residual, self.norm(f))
         converged = abs_residual <= self.atol + self.rtol * self.norm(f)
         first_residual = jnp.where(state.step == 0, abs_residual, state.first_residual)
-        diverged = jnp.invert(jnp.isfinite(abs_residual)) | (
-            abs_residual > DIVERGENCE_RATIO * first_residual
-        )
+        nonfinite = jnp.invert(jnp.isfinite(abs_residual))
+        diverged = abs_residual > DIVERGENCE_RATIO * first_residual
 
         # Residual grew far beyond the best seen: go back to the best iterate.
         grew = abs_residual > self.safeguard_factor * state.best_residual
@@ -233,6 +237,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             rel_residual=rel_residual,
             converged=converged,
             diverged=diverged,
+            nonfinite=nonfinite,
             step=state.step + 1,
             num_fn_evals=state.num_fn_evals + 1,
             num_restarts=state.num_restarts + jnp.where(converged, 0, restart),
@@ -259,7 +264,14 @@ class Anderson(optx.AbstractFixedPointSolver):
         rhs = jnp.zeros((m + 1,), gram.dtype).at[0].set(1)
         alpha = jnp.linalg.solve(bordered, rhs)[1:]
         alpha = jnp.where(valid, alpha, 0)
-        ok = jnp.all(jnp.isfinite(alpha)) & (jnp.sum(jnp.abs(alpha)) < _MAX_COEFF)
+        eigs = jnp.linalg.eigvalsh(h)
+        eps = jnp.finfo(gram.dtype).eps
+        well_posed = eigs[0] > _COND_MARGIN * eps * eigs[-1]
+        ok = (
+            well_posed
+            & jnp.all(jnp.isfinite(alpha))
+            & (jnp.sum(jnp.abs(alpha)) < _MAX_COEFF)
+        )
         alpha = jnp.where(ok, alpha, 0)
         return alpha, ok
 
@@ -276,7 +288,8 @@ class Anderson(optx.AbstractFixedPointSolver):
         result = optx.RESULTS.where(
             state.diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
         )
-        return state.converged | state.diverged, result
+        result = optx.RESULTS.where(state.nonfinite, optx.RESULTS.nonfinite, result)
+        return state.converged | state.diverged | state.nonfinite, result
 
     def postprocess(
         self,

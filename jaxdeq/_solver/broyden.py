@@ -23,6 +23,7 @@ from .._misc import (
 class _BroydenState(eqx.Module):
     g: Float[Array, " n"]
     aux: Any
+    h0: Scalar
     us: Float[Array, "memory n"]
     vs: Float[Array, "memory n"]
     index: Int[Array, ""]
@@ -31,19 +32,20 @@ class _BroydenState(eqx.Module):
     rel_residual: Scalar
     converged: Bool[Array, ""]
     diverged: Bool[Array, ""]
+    nonfinite: Bool[Array, ""]
     step: Int[Array, ""]
     num_fn_evals: Int[Array, ""]
     num_backtracks: Int[Array, ""]
     trace: Float[Array, " trace_size"]
 
 
-def _apply_inverse(us, vs, a):
-    # H a with H = -I + sum_i u_i v_i^T.
-    return -a + (vs @ a) @ us
+def _apply_inverse(h0, us, vs, a):
+    # H a with H = h0 I + sum_i u_i v_i^T.
+    return h0 * a + (vs @ a) @ us
 
 
-def _apply_inverse_transpose(us, vs, a):
-    return -a + (us @ a) @ vs
+def _apply_inverse_transpose(h0, us, vs, a):
+    return h0 * a + (us @ a) @ vs
 
 
 class Broyden(optx.AbstractRootFinder):
@@ -59,7 +61,10 @@ class Broyden(optx.AbstractRootFinder):
 
     As a root finder it works in [`optimistix.root_find`][]; in
     [`optimistix.fixed_point`][] it solves $g(y) = f(y) - y = 0$, for which $H = -I$
-    is plain fixed-point iteration and the first step is a Picard step. It stops when
+    is plain fixed-point iteration and the first step is a Picard step. (If the first
+    step reveals a Jacobian of the opposite sign, $\Delta y^\top \Delta g > 0$, as in
+    root finds of increasing functions, $-I$ is replaced by the secant scaling
+    $(\Delta y^\top \Delta g / \Delta g^\top \Delta g) I$.) It stops when
     $\|g(y)\| \le \mathrm{atol} + \mathrm{rtol}\,\|y + g(y)\|$, i.e. for fixed points
     $\|f(y) - y\| \le \mathrm{atol} + \mathrm{rtol}\,\|f(y)\|$, and returns the iterate
     that passed the test. The initial residual costs one function evaluation in
@@ -139,6 +144,7 @@ class Broyden(optx.AbstractRootFinder):
         return _BroydenState(
             g=g,
             aux=aux,
+            h0=jnp.array(-1.0, dtype),
             us=jnp.zeros((self.memory, n), dtype),
             vs=jnp.zeros((self.memory, n), dtype),
             index=jnp.array(0),
@@ -146,7 +152,8 @@ class Broyden(optx.AbstractRootFinder):
             abs_residual=abs_residual,
             rel_residual=rel_residual,
             converged=abs_residual <= self.atol + self.rtol * scale,
-            diverged=jnp.invert(jnp.isfinite(abs_residual)),
+            diverged=jnp.array(False),
+            nonfinite=jnp.invert(jnp.isfinite(abs_residual)),
             step=jnp.array(0),
             num_fn_evals=jnp.array(1),
             num_backtracks=jnp.array(0),
@@ -168,7 +175,7 @@ class Broyden(optx.AbstractRootFinder):
         dtype = state.g.dtype
         x = flatten(y, dtype)
         g = state.g
-        direction = -_apply_inverse(state.us, state.vs, g)
+        direction = -_apply_inverse(state.h0, state.us, state.vs, g)
 
         def evaluate(size):
             trial = unflatten(x + size * direction, y)
@@ -197,24 +204,31 @@ class Broyden(optx.AbstractRootFinder):
         new_x = flatten(trial, dtype)
         dx = new_x - x
         dg = new_g - g
-        h_dg = _apply_inverse(state.us, state.vs, dg)
+        # H0 = -I suits fixed points (g = f - y, Jacobian near -I). If the first step
+        # shows a Jacobian of the other sign along it (dx . dg > 0, as in many root
+        # finds), rescale H0 to the secant value dx.dg / dg.dg instead.
+        curvature = jnp.dot(dx, dg)
+        secant = curvature / jnp.maximum(jnp.dot(dg, dg), jnp.finfo(dtype).tiny)
+        flip = (state.step == 0) & (curvature > 0) & jnp.isfinite(secant)
+        h0 = jnp.where(flip, secant, state.h0)
+        h_dg = _apply_inverse(h0, state.us, state.vs, dg)
         denom = jnp.dot(dx, h_dg)
         safe = jnp.abs(denom) > 1e-12 * jnp.linalg.norm(dx) * jnp.linalg.norm(h_dg)
         safe = safe & jnp.isfinite(denom)
         u = jnp.where(safe, (dx - h_dg) / jnp.where(safe, denom, 1), 0)
-        v = jnp.where(safe, _apply_inverse_transpose(state.us, state.vs, dx), 0)
+        v = jnp.where(safe, _apply_inverse_transpose(h0, state.us, state.vs, dx), 0)
         us = state.us.at[state.index].set(u)
         vs = state.vs.at[state.index].set(v)
         index = jnp.where(safe, (state.index + 1) % self.memory, state.index)
 
         scale = self.norm(new_x + new_g)
         rel_residual = relative(new_norm, scale)
-        diverged = jnp.invert(jnp.isfinite(new_norm)) | (
-            new_norm > DIVERGENCE_RATIO * state.first_residual
-        )
+        nonfinite = jnp.invert(jnp.isfinite(new_norm))
+        diverged = new_norm > DIVERGENCE_RATIO * state.first_residual
         new_state = _BroydenState(
             g=new_g,
             aux=aux,
+            h0=h0,
             us=us,
             vs=vs,
             index=index,
@@ -223,6 +237,7 @@ class Broyden(optx.AbstractRootFinder):
             rel_residual=rel_residual,
             converged=new_norm <= self.atol + self.rtol * scale,
             diverged=diverged,
+            nonfinite=nonfinite,
             step=state.step + 1,
             num_fn_evals=state.num_fn_evals + 1 + num_backtracks,
             num_backtracks=state.num_backtracks + num_backtracks,
@@ -243,7 +258,8 @@ class Broyden(optx.AbstractRootFinder):
         result = optx.RESULTS.where(
             state.diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
         )
-        return state.converged | state.diverged, result
+        result = optx.RESULTS.where(state.nonfinite, optx.RESULTS.nonfinite, result)
+        return state.converged | state.diverged | state.nonfinite, result
 
     def postprocess(
         self,
