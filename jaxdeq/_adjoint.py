@@ -12,8 +12,15 @@ import optimistix as optx
 from equinox.internal import ω
 from jaxtyping import Array, PyTree
 
-from ._misc import check_positive_int, check_unit_interval
+from ._misc import bookkeeping_dtype, check_positive_int, check_unit_interval
+from ._solver.anderson import Anderson
 from ._stats import BackwardStats
+
+
+# Krylov solvers accept an initial guess; start them from the Jacobian-free w = v.
+_WARM_STARTABLE = tuple(
+    t for t in (lx.GMRES, lx.BiCGStab, lx.CG) if isinstance(t, type)
+)
 
 
 def _is_stats(x):
@@ -38,18 +45,28 @@ def _stats(num_steps, residual, success) -> BackwardStats:
     return BackwardStats(as32(num_steps), as32(residual), as32(success))
 
 
+def _cast_like(tree, like):
+    return jtu.tree_map(lambda x, y: x.astype(jnp.result_type(y)), tree, like)
+
+
 class _Linearised(eqx.Module):
-    """The rewrite function R(y, θ) (f(y) - y for fixed points) linearised at y*."""
+    """The rewrite function R(y, θ) (f(y) - y for fixed points) linearised at y*.
+
+    Vectors may come in a wider dtype than the primal (bookkeeping in at least
+    float32 for a bfloat16 state): they are cast down for each product and the
+    result is cast back up.
+    """
 
     vjp_fn: Callable
+    root: PyTree[Array]
 
     def transpose_jacobian(self, u):
         r"""$(\partial R / \partial y)^\top u$."""
-        return self.vjp_fn(u)[0]
+        return _cast_like(self.vjp_fn(_cast_like(u, self.root))[0], u)
 
     def parameter_vjp(self, u):
         r"""$(\partial R / \partial \theta)^\top u$."""
-        return self.vjp_fn(u)[1]
+        return self.vjp_fn(_cast_like(u, self.root))[1]
 
     def jt(self, u):
         r"""$J^\top u$ for the fixed-point map $f = y + R$."""
@@ -144,7 +161,12 @@ def _solve_bwd(
 
 def _linearise(rewrite, root, diff) -> _Linearised:
     _, vjp_fn = jax.vjp(rewrite, root, diff)
-    return _Linearised(vjp_fn)
+    return _Linearised(vjp_fn, root)
+
+
+def _upcast(tree):
+    dtype = bookkeeping_dtype(tree)
+    return jtu.tree_map(lambda x: x.astype(dtype), tree)
 
 
 class ImplicitAdjoint(AbstractDEQAdjoint):
@@ -153,17 +175,22 @@ class ImplicitAdjoint(AbstractDEQAdjoint):
     With $v = \partial L / \partial y^*$ and $J = \partial f / \partial y$ at the fixed
     point, the implicit function theorem gives
     $\partial L / \partial \theta = w^\top \partial f / \partial \theta$ where
-    $(I - J^\top) w = v$. The system is solved without forming $J$: either by a
-    [lineax](https://docs.kidger.site/lineax/) solver on the operator
-    $w \mapsto w - J^\top w$ (one vector–Jacobian product per application; the default
-    is GMRES), or by any fixed-point solver (optimistix or jaxdeq, e.g.
-    [`jaxdeq.Anderson`][]) on $w = v + J^\top w$, which converges when the spectral
-    radius of $J$ is below one. A dense solver such as `lineax.LU()` materialises $J$
-    only when asked for.
+    $(I - J^\top) w = v$. The system is solved without forming $J$, one
+    vector–Jacobian product per iteration: by default with Anderson acceleration on
+    the linear fixed point $w = v + J^\top w$ (a Krylov-like method that needs the
+    spectral radius of $J$ below one, as a DEQ's forward iteration does), or by any
+    other fixed-point solver, or by a [lineax](https://docs.kidger.site/lineax/)
+    solver on the operator $w \mapsto w - J^\top w$ (e.g. `lineax.GMRES`, which
+    also handles expansive $J$ with $I - J$ invertible). A dense solver such as
+    `lineax.LU()` materialises $J$ only when asked for. The backward solve runs in at
+    least float32, also for a bfloat16 state.
 
-    The number of steps, the relative residual of the linear system and whether it
-    met its tolerance are reported through [`jaxdeq.BackwardStats`][]; a failed solve
-    raises when `throw=True`.
+    The number of steps, the relative residual
+    $\|(I - J^\top) w - v\| / \|v\|$ (measured, not estimated) and whether the
+    solve converged are reported through [`jaxdeq.BackwardStats`][]; a failed solve
+    raises when `throw=True`. A lineax solve counts as converged if lineax says so or
+    if the measured relative residual is at most the solver's `rtol` (lineax's own
+    test is elementwise and can be unreachable in float32).
 
     ??? cite "References"
 
@@ -177,8 +204,8 @@ class ImplicitAdjoint(AbstractDEQAdjoint):
         ```
     """
 
-    linear_solver: lx.AbstractLinearSolver | optx.AbstractFixedPointSolver = lx.GMRES(
-        rtol=1e-6, atol=1e-8, restart=30, stagnation_iters=30
+    linear_solver: lx.AbstractLinearSolver | optx.AbstractFixedPointSolver = Anderson(
+        rtol=1e-6, atol=0.0
     )
     max_steps: int = 256
     throw: bool = True
@@ -197,46 +224,47 @@ class ImplicitAdjoint(AbstractDEQAdjoint):
 
     def _backward(self, rewrite, root, cotangent, diff):
         lin = _linearise(rewrite, root, diff)
+        v = _upcast(cotangent)
         if isinstance(self.linear_solver, optx.AbstractFixedPointSolver):
             fixed = lambda w, v: (v**ω + lin.jt(w) ** ω).ω
             sol = optx.fixed_point(
                 fixed,
                 self.linear_solver,
-                cotangent,
-                cotangent,
+                v,
+                v,
                 max_steps=self.max_steps,
                 adjoint=optx.RecursiveCheckpointAdjoint(),
                 throw=False,
             )
             w = sol.value
             num_steps = sol.stats["num_steps"]
+            residual = lin.system_residual(w, v)
             converged = sol.result == optx.RESULTS.successful
         else:
             operator = lx.FunctionLinearOperator(
-                lambda u: (-(lin.transpose_jacobian(u) ** ω)).ω,
-                jax.eval_shape(lambda: root),
+                lambda u: (-(lin.transpose_jacobian(u) ** ω)).ω, jax.eval_shape(lambda: v)
             )
             solver = self.linear_solver
-            options = {"y0": cotangent}
-            if not isinstance(solver, (lx.GMRES, lx.BiCGStab, lx.CG, lx.NormalCG)):
-                options = {}
-            sol = lx.linear_solve(
-                operator, cotangent, solver, options=options, throw=False
-            )
+            options = {"y0": v} if isinstance(solver, _WARM_STARTABLE) else {}
+            sol = lx.linear_solve(operator, v, solver, options=options, throw=False)
             w = sol.value
             num_steps = sol.stats.get("num_steps", 1)
-            converged = sol.result == lx.RESULTS.successful
-        residual = lin.system_residual(w, cotangent)
+            residual = lin.system_residual(w, v)
+            converged = (sol.result == lx.RESULTS.successful) | (
+                residual <= getattr(solver, "rtol", 0.0)
+            )
         success = converged & jnp.isfinite(residual)
         return lin.parameter_vjp(w), _stats(num_steps, residual, success)
 
 
 ImplicitAdjoint.__init__.__doc__ = r"""**Arguments:**
 
-- `linear_solver`: how to solve $(I - J^\top) w = v$. A lineax solver (default
-    `lineax.GMRES(rtol=1e-6, atol=1e-8, restart=30, stagnation_iters=30)`; BiCGStab
-    also works, and `lineax.LU()` materialises $J$) or an optimistix/jaxdeq fixed-point
-    solver iterating $w \leftarrow v + J^\top w$.
+- `linear_solver`: how to solve $(I - J^\top) w = v$: an optimistix/jaxdeq
+    fixed-point solver iterating $w \leftarrow v + J^\top w$ (default
+    `jaxdeq.Anderson(rtol=1e-6, atol=0.0)`; keep `atol` at zero or tiny, since
+    cotangents of a mean loss scale like one over the batch size), or a lineax
+    solver such as `lineax.GMRES(rtol=1e-6, atol=1e-6, restart=30)`, `BiCGStab`, or
+    `lineax.LU()` (which materialises $J$).
 - `max_steps`: step budget when `linear_solver` is a fixed-point solver (lineax
     solvers carry their own `max_steps`).
 - `throw`: raise if the backward solve fails. [`jaxdeq.fixed_point`][] sets this to

@@ -88,6 +88,23 @@ def _check_inputs(fn, solver, y0, args, has_aux, max_steps, adjoint, backward_st
             )
 
 
+def _match_output_type(fn, y0, args, has_aux):
+    """Give `y0` the full abstract type (sharding included) of `fn`'s output.
+
+    Under `pmap`/`shard_map` a `y0` closed over as a constant (a layer's initial
+    state) is replicated while `fn(y0)` varies along the mapped axis, and optimistix
+    rejects the mismatch. Selecting `y0` against `fn(y0)` with a constant predicate
+    fixes the type; XLA folds the select away, so `fn` is not evaluated.
+    """
+    out = jax.eval_shape(fn, y0, args)
+    out = out[0] if has_aux else out
+    if eqx.tree_equal(out, jax.eval_shape(lambda: y0)) is True:
+        return y0
+    f_y0 = fn(y0, args)
+    f_y0 = f_y0[0] if has_aux else f_y0
+    return jtu.tree_map(lambda y, f: jnp.where(True, y, f), y0, f_y0)
+
+
 def _diagnostics(fn, solver, sol, args, has_aux):
     state = sol.state
     if isinstance(state, (_AndersonState, _BroydenState)):
@@ -206,6 +223,7 @@ def _fixed_point(
 ):
     if isinstance(adjoint, AbstractDEQAdjoint) and not throw:
         adjoint = eqx.tree_at(lambda a: a.throw, adjoint, False)
+    y0 = _match_output_type(fn, y0, args, has_aux)
     if backward_stats is None:
         solve_fn, solve_args = fn, args
     else:
@@ -301,6 +319,21 @@ class DEQ(eqx.Module):
         )
         sol = eqx.tree_at(lambda s: s.state, sol, None, is_leaf=lambda v: v is None)
         return sol.value, sol
+
+
+DEQ.__init__.__doc__ = r"""**Arguments:**
+
+- `cell`: the cell, `cell(z, x) -> z`; any callable, typically an equinox Module.
+- `z0`: the initial state of one sample; fixes the state's shape and dtype. It is an
+    array field, so optimisers see it, but its gradient is zero under jaxdeq's
+    adjoints (the fixed point does not depend on where the solve starts).
+- `solver`: the forward solver (default `jaxdeq.Anderson(rtol=1e-4, atol=1e-6)`); any
+    optimistix fixed-point solver or root finder.
+- `adjoint`: the backward mode (default [`jaxdeq.ImplicitAdjoint`][]).
+- `max_steps`: the forward step budget.
+- `throw`: whether a failed solve raises. Default `False`: in training, failures are
+    reported per sample in `sol.result` and the run goes on.
+"""
 
 
 def _cell_fn(z, args):

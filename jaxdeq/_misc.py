@@ -18,9 +18,19 @@ TINY = 1e-30
 
 
 def bookkeeping_dtype(tree: PyTree) -> jnp.dtype:
-    """The dtype in which solver bookkeeping runs: at least float32."""
+    """The dtype in which solver bookkeeping runs: the widest of the leaves' dtypes
+    and float32 (complex if any leaf is complex). Computed by hand so that it works
+    under `jax_numpy_dtype_promotion="strict"`."""
     dtypes = [jnp.result_type(x) for x in jtu.tree_leaves(tree)]
-    return jnp.result_type(jnp.float32, *dtypes)
+    bits = max([jnp.finfo(d).bits for d in dtypes] + [32])
+    if any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes):
+        return jnp.dtype(f"complex{2 * bits}")
+    return jnp.dtype(f"float{bits}")
+
+
+def real_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """The real counterpart of a (possibly complex) floating dtype."""
+    return jnp.finfo(dtype).dtype
 
 
 def flatten(tree: PyTree[Array], dtype: jnp.dtype) -> Array:

@@ -20,16 +20,18 @@ import optax
 import optimistix as optx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._adjoint import (
+from . import (
+    __version__,
+    Anderson,
+    BackwardStats,
+    Broyden,
+    DEQ,
     ImplicitAdjoint,
     JacobianFreeAdjoint,
     NeumannAdjoint,
     PhantomAdjoint,
+    RESULTS,
 )
-from ._deq import DEQ
-from ._results import RESULTS
-from ._solver import Anderson, Broyden
-from ._stats import BackwardStats
 from .data import load_digits
 
 
@@ -139,8 +141,6 @@ def _add_digits_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="jaxdeq",
         description="Deep equilibrium models in JAX. With no command, runs `digits`.",
@@ -237,7 +237,14 @@ def _solver(name: str, tol: float):
         return Anderson(rtol=tol, atol=atol)
     if name == "broyden":
         return Broyden(rtol=tol, atol=atol)
-    return optx.FixedPointIteration(rtol=tol, atol=atol)
+    return optx.FixedPointIteration(rtol=tol, atol=atol, norm=_max_norm)
+
+
+def _max_norm(tree) -> Array:
+    # optimistix.FixedPointIteration starts its error at `jnp.array(inf)`, of the
+    # default float dtype; match it so that a float32 state also works when
+    # `jax_enable_x64` is on.
+    return optx.max_norm(tree).astype(jnp.asarray(jnp.inf).dtype)
 
 
 def _adjoint(name: str, tol: float):

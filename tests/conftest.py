@@ -4,6 +4,9 @@ import pytest
 
 
 jax.config.update("jax_enable_x64", True)
+# As optimistix tests itself: no silent promotions anywhere in the library.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture

@@ -37,6 +37,10 @@ implicit_adjoints = (
 ) + implicit_adjoints[1:]
 
 
+# An implicit adjoint whose backward solve is far tighter than any test tolerance.
+tight_implicit = jaxdeq.ImplicitAdjoint(linear_solver=jaxdeq.Anderson(rtol=1e-12, atol=0.0))
+
+
 def contraction(key, n, norm=0.8, dtype=jnp.float64):
     w = jr.normal(key, (n, n), jnp.float64)
     return (norm * w / jnp.linalg.norm(w, 2)).astype(dtype)

@@ -4,7 +4,7 @@ The API pages are built from `::: jaxdeq.Name` directives (mkdocstrings). These 
 read the Markdown under docs/ directly (no mkdocs needed): every public name must
 appear in some directive under docs/api/, every directive must name a real object,
 and a class documented with `members: [__init__]` must have an `__init__` docstring.
-The slow test runs the Python code blocks of the prose pages.
+The slow test runs the Python code blocks of the prose pages, in float32.
 """
 
 import importlib
@@ -13,6 +13,7 @@ import pkgutil
 import re
 import types
 
+import jax
 import pytest
 
 import jaxdeq
@@ -106,7 +107,8 @@ def test_public_api_is_documented():
     missing = [
         name
         for name in _public_api()
-        if name not in documented and name.rsplit(".", 1)[0] not in documented - {"jaxdeq"}
+        if name not in documented
+        and name.rsplit(".", 1)[0] not in documented - {"jaxdeq"}
     ]
     assert not missing, (
         f"Public names with no `::: name` directive under docs/api/: {missing}. Add "
@@ -137,10 +139,11 @@ def test_documented_objects_have_docstrings():
         for member in members or []:
             doc = (getattr(obj, member).__doc__ or "").strip()
             # Dataclass-style __init__s inherit object.__init__'s placeholder.
+            short = name.rsplit(".", 1)[-1]
             assert doc and doc != (object.__init__.__doc__ or "").strip(), (
                 f"{path.relative_to(_ROOT)}: `{name}.{member}` is listed in the docs "
-                f"but has no docstring of its own. Give it one, e.g. "
-                f'`{name.rsplit(".", 1)[-1]}.{member}.__doc__ = """**Arguments:** ..."""`.'
+                "but has no docstring of its own. Give it one, e.g. "
+                f'`{short}.{member}.__doc__ = """**Arguments:** ..."""`.'
             )
 
 
@@ -162,6 +165,8 @@ def test_examples_run(page, capsys):
     blocks = _CODE_BLOCK.findall((_DOCS / page).read_text())
     assert blocks, f"docs/{page} has no ```python blocks."
     namespace = {"__name__": f"docs_{page.removesuffix('.md')}"}
-    for block in blocks:
-        exec(compile(block, f"docs/{page}", "exec"), namespace)
+    # As a reader runs them: in JAX's default float32, not the suite's float64.
+    with jax.enable_x64(False):
+        for block in blocks:
+            exec(compile(block, f"docs/{page}", "exec"), namespace)
     capsys.readouterr()

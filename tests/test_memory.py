@@ -12,7 +12,7 @@ from .helpers import contraction
 
 
 def _temp_bytes(adjoint, max_steps, w, xs):
-    def loss(w):
+    def loss(w, xs):
         def one(x):
             return jaxdeq.fixed_point(
                 lambda z, a: jnp.tanh(a[0] @ z + a[1]),

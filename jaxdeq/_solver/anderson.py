@@ -15,6 +15,7 @@ from .._misc import (
     DIVERGENCE_RATIO,
     flatten,
     record,
+    real_dtype,
     relative,
     unflatten,
 )
@@ -144,7 +145,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         x = flatten(y, dtype)
         n = x.shape[0]
         m = self.memory
-        inf = jnp.array(jnp.inf, dtype)
+        inf = jnp.array(jnp.inf, real_dtype(dtype))
         return _AndersonState(
             iterates=jnp.zeros((m, n), dtype),
             residuals=jnp.zeros((m, n), dtype),
@@ -163,7 +164,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             step=jnp.array(0),
             num_fn_evals=jnp.array(0),
             num_restarts=jnp.array(0),
-            trace=jnp.full((self.trace_size,), jnp.nan, dtype),
+            trace=jnp.full((self.trace_size,), jnp.nan, real_dtype(dtype)),
         )
 
     def step(
@@ -200,8 +201,9 @@ class Anderson(optx.AbstractFixedPointSolver):
         iterates = state.iterates.at[index].set(x)
         residuals = state.residuals.at[index].set(g)
         valid = state.valid.at[index].set(True)
-        row = residuals @ g
-        gram = state.gram.at[index, :].set(row).at[:, index].set(row)
+        # row[j] = <g_j, g> (conjugate-linear in the first argument for complex y).
+        row = jnp.conj(residuals) @ g
+        gram = state.gram.at[:, index].set(row).at[index, :].set(jnp.conj(row))
 
         alpha, well_conditioned = self._mixing(gram, valid)
         mixed_x = alpha @ iterates
@@ -240,7 +242,8 @@ class Anderson(optx.AbstractFixedPointSolver):
             nonfinite=nonfinite,
             step=state.step + 1,
             num_fn_evals=state.num_fn_evals + 1,
-            num_restarts=state.num_restarts + jnp.where(converged, 0, restart),
+            num_restarts=state.num_restarts
+            + (restart & jnp.invert(converged)).astype(state.num_restarts.dtype),
             trace=record(state.trace, state.step, rel_residual),
         )
         return new_y, new_state, aux
@@ -252,7 +255,10 @@ class Anderson(optx.AbstractFixedPointSolver):
         mask = valid[:, None] & valid[None, :]
         gram = jnp.where(mask, gram, 0)
         count = jnp.sum(valid)
-        scale = jnp.sum(jnp.where(valid, jnp.diagonal(gram), 0)) / jnp.maximum(count, 1)
+        diagonal = jnp.real(jnp.diagonal(gram))
+        scale = jnp.sum(jnp.where(valid, diagonal, 0)) / jnp.maximum(count, 1).astype(
+            diagonal.dtype
+        )
         scale = jnp.where(scale > 0, scale, 1)
         # Normalised by the mean squared residual so the system is O(1) whatever the
         # residual's size. Invalid slots get an identity row and a zero border, which
@@ -264,9 +270,14 @@ class Anderson(optx.AbstractFixedPointSolver):
         rhs = jnp.zeros((m + 1,), gram.dtype).at[0].set(1)
         alpha = jnp.linalg.solve(bordered, rhs)[1:]
         alpha = jnp.where(valid, alpha, 0)
-        eigs = jnp.linalg.eigvalsh(h)
-        eps = jnp.finfo(gram.dtype).eps
-        well_posed = eigs[0] > _COND_MARGIN * eps * eigs[-1]
+        # The normalised Gram has trace `count` and the ridge lifts its spectrum, so
+        # cond(h) <= (m + ridge) / ridge: when that is safely small, skip the check.
+        eps = float(jnp.finfo(gram.dtype).eps)
+        if self.ridge > (self.memory + self.ridge) * _COND_MARGIN * eps:
+            well_posed = jnp.array(True)
+        else:
+            eigs = jnp.linalg.eigvalsh(h)
+            well_posed = eigs[0] > _COND_MARGIN * eps * eigs[-1]
         ok = (
             well_posed
             & jnp.all(jnp.isfinite(alpha))

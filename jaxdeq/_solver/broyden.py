@@ -15,6 +15,7 @@ from .._misc import (
     DIVERGENCE_RATIO,
     flatten,
     record,
+    real_dtype,
     relative,
     unflatten,
 )
@@ -40,12 +41,13 @@ class _BroydenState(eqx.Module):
 
 
 def _apply_inverse(h0, us, vs, a):
-    # H a with H = h0 I + sum_i u_i v_i^T.
-    return h0 * a + (vs @ a) @ us
+    # H a with H = h0 I + sum_i u_i v_i^H (h0 real).
+    return h0.astype(a.dtype) * a + (jnp.conj(vs) @ a) @ us
 
 
-def _apply_inverse_transpose(h0, us, vs, a):
-    return h0 * a + (us @ a) @ vs
+def _apply_inverse_adjoint(h0, us, vs, a):
+    # H^H a.
+    return h0.astype(a.dtype) * a + (jnp.conj(us) @ a) @ vs
 
 
 class Broyden(optx.AbstractRootFinder):
@@ -144,7 +146,7 @@ class Broyden(optx.AbstractRootFinder):
         return _BroydenState(
             g=g,
             aux=aux,
-            h0=jnp.array(-1.0, dtype),
+            h0=jnp.array(-1.0, real_dtype(dtype)),
             us=jnp.zeros((self.memory, n), dtype),
             vs=jnp.zeros((self.memory, n), dtype),
             index=jnp.array(0),
@@ -158,7 +160,9 @@ class Broyden(optx.AbstractRootFinder):
             num_fn_evals=jnp.array(1),
             num_backtracks=jnp.array(0),
             trace=record(
-                jnp.full((self.trace_size,), jnp.nan, dtype), jnp.array(0), rel_residual
+                jnp.full((self.trace_size,), jnp.nan, real_dtype(dtype)),
+                jnp.array(0),
+                rel_residual,
             ),
         )
 
@@ -178,13 +182,13 @@ class Broyden(optx.AbstractRootFinder):
         direction = -_apply_inverse(state.h0, state.us, state.vs, g)
 
         def evaluate(size):
-            trial = unflatten(x + size * direction, y)
+            trial = unflatten(x + size.astype(dtype) * direction, y)
             new_g, new_norm, aux = self._residual(fn, trial, args, dtype)
             return trial, new_g, new_norm, aux
 
-        trial, new_g, new_norm, aux = evaluate(jnp.array(1.0, dtype))
+        size = jnp.array(1.0, real_dtype(dtype))
+        trial, new_g, new_norm, aux = evaluate(size)
         num_backtracks = jnp.array(0)
-        size = jnp.array(1.0, dtype)
         if self.line_search:
             # Backtrack while the residual does not decrease sufficiently.
             def cond(carry):
@@ -207,16 +211,17 @@ class Broyden(optx.AbstractRootFinder):
         # H0 = -I suits fixed points (g = f - y, Jacobian near -I). If the first step
         # shows a Jacobian of the other sign along it (dx . dg > 0, as in many root
         # finds), rescale H0 to the secant value dx.dg / dg.dg instead.
-        curvature = jnp.dot(dx, dg)
-        secant = curvature / jnp.maximum(jnp.dot(dg, dg), jnp.finfo(dtype).tiny)
+        curvature = jnp.real(jnp.vdot(dx, dg))
+        dg_squared = jnp.real(jnp.vdot(dg, dg))
+        secant = curvature / jnp.maximum(dg_squared, jnp.finfo(dg_squared.dtype).tiny)
         flip = (state.step == 0) & (curvature > 0) & jnp.isfinite(secant)
         h0 = jnp.where(flip, secant, state.h0)
         h_dg = _apply_inverse(h0, state.us, state.vs, dg)
-        denom = jnp.dot(dx, h_dg)
+        denom = jnp.vdot(dx, h_dg)
         safe = jnp.abs(denom) > 1e-12 * jnp.linalg.norm(dx) * jnp.linalg.norm(h_dg)
         safe = safe & jnp.isfinite(denom)
         u = jnp.where(safe, (dx - h_dg) / jnp.where(safe, denom, 1), 0)
-        v = jnp.where(safe, _apply_inverse_transpose(h0, state.us, state.vs, dx), 0)
+        v = jnp.where(safe, _apply_inverse_adjoint(h0, state.us, state.vs, dx), 0)
         us = state.us.at[state.index].set(u)
         vs = state.vs.at[state.index].set(v)
         index = jnp.where(safe, (state.index + 1) % self.memory, state.index)
