@@ -54,10 +54,20 @@ def unflatten(vector: Array, like: PyTree[Array]) -> PyTree[Array]:
     return jtu.tree_unflatten(treedef, out)
 
 
+def write_row(buffer: Array, index: Array, row: Array) -> Array:
+    """`buffer.at[index].set(row)` as a masked select.
+
+    Under `vmap` the index is per sample and `.at[].set` becomes a scatter, which
+    XLA runs slowly on CPU; a one-hot select vectorises.
+    """
+    hot = jnp.arange(buffer.shape[0]) == index
+    hot = hot.reshape(hot.shape + (1,) * (buffer.ndim - 1))
+    return jnp.where(hot, row.astype(buffer.dtype), buffer)
+
+
 def record(trace: Array, step: Array, value: Scalar) -> Array:
     """Write `value` into a fixed-size trace at `min(step, len(trace) - 1)`."""
-    index = jnp.minimum(step, trace.shape[0] - 1)
-    return trace.at[index].set(value.astype(trace.dtype))
+    return write_row(trace, jnp.minimum(step, trace.shape[0] - 1), value)
 
 
 def relative(abs_residual: Scalar, scale: Scalar) -> Scalar:

@@ -166,7 +166,11 @@ def test_examples_run(page, capsys):
     assert blocks, f"docs/{page} has no ```python blocks."
     namespace = {"__name__": f"docs_{page.removesuffix('.md')}"}
     # As a reader runs them: in JAX's default float32, not the suite's float64.
-    with jax.enable_x64(False):
+    with (
+        jax.enable_x64(False),
+        jax.numpy_dtype_promotion("standard"),
+        jax.numpy_rank_promotion("allow"),
+    ):
         for block in blocks:
             exec(compile(block, f"docs/{page}", "exec"), namespace)
     capsys.readouterr()

@@ -21,6 +21,7 @@ from .helpers import affine
         (lambda: jaxdeq.Anderson(rtol=1e-4, atol=1e-6, safeguard_factor=0.5), "safeguard"),
         (lambda: jaxdeq.Broyden(rtol=-1e-4, atol=1e-6), "rtol"),
         (lambda: jaxdeq.Broyden(rtol=1e-4, atol=1e-6, memory=0), "memory"),
+        (lambda: jaxdeq.Broyden(rtol=1e-4, atol=1e-6, safeguard_factor=1.0), "safeguard"),
         (lambda: jaxdeq.PhantomAdjoint(steps=0), "steps"),
         (lambda: jaxdeq.PhantomAdjoint(damping=0.0), "damping"),
         (lambda: jaxdeq.NeumannAdjoint(terms=-1), "terms"),
@@ -65,10 +66,7 @@ def test_dtype_mismatch_and_integer_state():
         jaxdeq.fixed_point(affine, solver, jnp.zeros(2, int), (jnp.eye(2), jnp.ones(2)))
     with pytest.raises(TypeError, match="dtype"):
         jaxdeq.fixed_point(
-            affine,
-            solver,
-            jnp.zeros(2, jnp.float32),
-            (jnp.eye(2, dtype=jnp.float64), jnp.ones(2, jnp.float64)),
+            lambda z, _: jnp.tanh(z).astype(jnp.float64), solver, jnp.zeros(2, jnp.float32)
         )
 
 

@@ -17,7 +17,7 @@ def _temp_bytes(adjoint, max_steps, w, xs):
             return jaxdeq.fixed_point(
                 lambda z, a: jnp.tanh(a[0] @ z + a[1]),
                 jaxdeq.Anderson(rtol=1e-6, atol=1e-8),
-                jnp.zeros(w.shape[0]),
+                jnp.zeros(w.shape[0], w.dtype),
                 (w, x),
                 max_steps=max_steps,
                 adjoint=adjoint,

@@ -71,7 +71,7 @@ def test_anderson_beats_picard_on_slow_modes(getkey):
     n = 30
     q, _ = jnp.linalg.qr(jr.normal(getkey(), (n, n)))
     eig = jnp.concatenate([jnp.linspace(0.99, 0.9, 4), 0.3 * jnp.ones(n - 4)])
-    w = (q * eig) @ q.T
+    w = (q * eig[None, :]) @ q.T
     b = jr.normal(getkey(), (n,))
     tight = dict(rtol=1e-8, atol=1e-12)
     picard = jaxdeq.fixed_point(
@@ -239,6 +239,26 @@ def test_anderson_residual_growth_restart(getkey):
     np.testing.assert_allclose(new_y, best_y + solver.safeguard_damping * best_g)
     assert not jnp.any(new_state.valid)
     assert new_state.num_restarts == 1
+
+
+def test_broyden_residual_growth_restart():
+    # White-box: when a step lands far above the best residual seen, Broyden returns to
+    # the best iterate and clears its rank-one memory.
+    solver = jaxdeq.Broyden(rtol=1e-12, atol=1e-12, safeguard_factor=10.0)
+    fn = lambda y, args: (jnp.cos(y) - y, None)
+    y = jnp.array([0.7, 0.8])
+    state = solver.init(fn, y, None, {}, jax.eval_shape(lambda: y), None, frozenset())
+    # Pretend the best point seen had a residual of 1e-9 and that the memory holds a
+    # (bad) rank-one term sending the next step far away.
+    state = eqx.tree_at(
+        lambda s: (s.best_residual, s.us, s.vs),
+        state,
+        (jnp.array(1e-9), state.us.at[0].set(jnp.array([100.0, 0.0])), state.vs.at[0].set(jnp.array([1.0, 0.0]))),
+    )
+    new_y, new_state, _ = solver.step(fn, y, None, {}, state, frozenset())
+    np.testing.assert_array_equal(new_y, state.best_x)
+    assert new_state.num_restarts == 1
+    assert not jnp.any(new_state.us) and not jnp.any(new_state.vs)
 
 
 def test_broyden_memory_bounded_by_history(getkey):

@@ -18,15 +18,36 @@ from .._misc import (
     real_dtype,
     relative,
     unflatten,
+    write_row,
 )
 
 
 # Mixing coefficients larger than this (in sum of absolute values) mean the
 # least-squares system was numerically singular: the extrapolation is not trusted.
 _MAX_COEFF = 1e4
-# The normalised Gram matrix is ill-conditioned when its condition number exceeds
-# 1 / (this * machine epsilon): beyond it the coefficients carry no correct digits.
+# The normalised Gram matrix counts as singular when its smallest elimination pivot
+# falls below this multiple of machine epsilon times its largest diagonal entry.
 _COND_MARGIN = 100.0
+
+
+def _spd_solve(h: Array, rhs: Array) -> tuple[Array, Array]:
+    """Solve `h x = rhs` for a small Hermitian positive definite `h`.
+
+    Gaussian elimination without pivoting (stable for positive definite matrices),
+    unrolled over the static size: under `vmap` it is a handful of vectorised ops,
+    several times faster on CPU than batched LAPACK calls. Also returns the smallest
+    pivot, a cheap witness of (near-)singularity.
+    """
+    m = h.shape[0]
+    pivots = []
+    for k in range(m):
+        pivot = h[k, k]
+        pivots.append(jnp.real(pivot))
+        factor = h[:, k] / pivot
+        factor = jnp.where(jnp.arange(m) == k, 0, factor)
+        h = h - factor[:, None] * h[k][None, :]
+        rhs = rhs - factor * rhs[k]
+    return rhs / jnp.diagonal(h), jnp.min(jnp.stack(pivots))
 
 
 class _AndersonState(eqx.Module):
@@ -198,12 +219,13 @@ class Anderson(optx.AbstractFixedPointSolver):
 
         # Write (x, g) into the history and update the Gram matrix in O(m n).
         index = state.index
-        iterates = state.iterates.at[index].set(x)
-        residuals = state.residuals.at[index].set(g)
-        valid = state.valid.at[index].set(True)
+        iterates = write_row(state.iterates, index, x)
+        residuals = write_row(state.residuals, index, g)
+        valid = write_row(state.valid, index, jnp.array(True))
         # row[j] = <g_j, g> (conjugate-linear in the first argument for complex y).
         row = jnp.conj(residuals) @ g
-        gram = state.gram.at[:, index].set(row).at[index, :].set(jnp.conj(row))
+        gram = write_row(state.gram.T, index, row).T
+        gram = write_row(gram, index, jnp.conj(row))
 
         alpha, well_conditioned = self._mixing(gram, valid)
         mixed_x = alpha @ iterates
@@ -251,35 +273,24 @@ class Anderson(optx.AbstractFixedPointSolver):
     def _mixing(
         self, gram: Float[Array, "m m"], valid: Bool[Array, " m"]
     ) -> tuple[Float[Array, " m"], Bool[Array, ""]]:
-        m = self.memory
         mask = valid[:, None] & valid[None, :]
         gram = jnp.where(mask, gram, 0)
-        count = jnp.sum(valid)
+        count = jnp.sum(valid).astype(jnp.real(gram).dtype)
         diagonal = jnp.real(jnp.diagonal(gram))
-        scale = jnp.sum(jnp.where(valid, diagonal, 0)) / jnp.maximum(count, 1).astype(
-            diagonal.dtype
-        )
+        scale = jnp.sum(jnp.where(valid, diagonal, 0)) / jnp.maximum(count, 1)
         scale = jnp.where(scale > 0, scale, 1)
-        # Normalised by the mean squared residual so the system is O(1) whatever the
-        # residual's size. Invalid slots get an identity row and a zero border, which
+        # The constrained least squares min |G^T a|^2 + ridge |a|^2, sum(a) = 1 has the
+        # solution a = H^-1 1 / (1^T H^-1 1) with H the Gram matrix plus the ridge,
+        # normalised by the mean squared residual so H is O(1) whatever the residual
+        # size. Invalid slots get an identity row and a zero right-hand side, which
         # forces their coefficient to zero.
         h = gram / scale + jnp.diag(jnp.where(valid, self.ridge, 1.0))
-        border = valid.astype(gram.dtype)
-        top = jnp.concatenate([jnp.zeros((1,), gram.dtype), border])
-        bordered = jnp.concatenate([top[None, :], jnp.concatenate([border[:, None], h], 1)])
-        rhs = jnp.zeros((m + 1,), gram.dtype).at[0].set(1)
-        alpha = jnp.linalg.solve(bordered, rhs)[1:]
-        alpha = jnp.where(valid, alpha, 0)
-        # The normalised Gram has trace `count` and the ridge lifts its spectrum, so
-        # cond(h) <= (m + ridge) / ridge: when that is safely small, skip the check.
+        solution, min_pivot = _spd_solve(h, valid.astype(h.dtype))
+        total = jnp.sum(solution)
+        alpha = solution / jnp.where(total == 0, 1, total)
         eps = float(jnp.finfo(gram.dtype).eps)
-        if self.ridge > (self.memory + self.ridge) * _COND_MARGIN * eps:
-            well_posed = jnp.array(True)
-        else:
-            eigs = jnp.linalg.eigvalsh(h)
-            well_posed = eigs[0] > _COND_MARGIN * eps * eigs[-1]
         ok = (
-            well_posed
+            (min_pivot > _COND_MARGIN * eps * jnp.max(jnp.real(jnp.diagonal(h))))
             & jnp.all(jnp.isfinite(alpha))
             & (jnp.sum(jnp.abs(alpha)) < _MAX_COEFF)
         )

@@ -18,6 +18,7 @@ from .._misc import (
     real_dtype,
     relative,
     unflatten,
+    write_row,
 )
 
 
@@ -37,6 +38,10 @@ class _BroydenState(eqx.Module):
     step: Int[Array, ""]
     num_fn_evals: Int[Array, ""]
     num_backtracks: Int[Array, ""]
+    num_restarts: Int[Array, ""]
+    best_x: Float[Array, " n"]
+    best_g: Float[Array, " n"]
+    best_residual: Scalar
     trace: Float[Array, " trace_size"]
 
 
@@ -60,6 +65,8 @@ class Broyden(optx.AbstractRootFinder):
     optionally with a backtracking line search on $\|g\|$, and applies the good
     Broyden update
     $H \leftarrow H + (\Delta y - H \Delta g)\,\Delta y^\top H / (\Delta y^\top H \Delta g)$.
+    If the residual grows to more than `safeguard_factor` times the best seen, the
+    solver returns to the best iterate and clears its memory.
 
     As a root finder it works in [`optimistix.root_find`][]; in
     [`optimistix.fixed_point`][] it solves $g(y) = f(y) - y = 0$, for which $H = -I$
@@ -102,6 +109,7 @@ class Broyden(optx.AbstractRootFinder):
     memory: int = 30
     line_search: bool = False
     max_backtracks: int = 8
+    safeguard_factor: float = 1e2
     trace_size: int = 64
 
     _name: ClassVar[str] = "Broyden"
@@ -111,6 +119,11 @@ class Broyden(optx.AbstractRootFinder):
         check_positive_int(self._name, "memory", self.memory)
         check_positive_int(self._name, "max_backtracks", self.max_backtracks)
         check_positive_int(self._name, "trace_size", self.trace_size)
+        if not float(self.safeguard_factor) > 1:
+            raise ValueError(
+                "Broyden: `safeguard_factor` must be > 1 (the residual growth that "
+                f"triggers a restart), got {self.safeguard_factor!r}."
+            )
 
     def _residual(self, fn, y, args, dtype):
         out, aux = fn(y, args)
@@ -159,6 +172,10 @@ class Broyden(optx.AbstractRootFinder):
             step=jnp.array(0),
             num_fn_evals=jnp.array(1),
             num_backtracks=jnp.array(0),
+            num_restarts=jnp.array(0),
+            best_x=x,
+            best_g=g,
+            best_residual=abs_residual,
             trace=record(
                 jnp.full((self.trace_size,), jnp.nan, real_dtype(dtype)),
                 jnp.array(0),
@@ -222,9 +239,26 @@ class Broyden(optx.AbstractRootFinder):
         safe = safe & jnp.isfinite(denom)
         u = jnp.where(safe, (dx - h_dg) / jnp.where(safe, denom, 1), 0)
         v = jnp.where(safe, _apply_inverse_adjoint(h0, state.us, state.vs, dx), 0)
-        us = state.us.at[state.index].set(u)
-        vs = state.vs.at[state.index].set(v)
+        slot = jnp.where(safe, state.index, -1)  # -1 writes nothing
+        us = write_row(state.us, slot, u)
+        vs = write_row(state.vs, slot, v)
         index = jnp.where(safe, (state.index + 1) % self.memory, state.index)
+
+        # Safeguard: a residual far above the best seen means the inverse-Jacobian
+        # estimate has gone bad. Go back to the best iterate and forget the memory.
+        grew = new_norm > self.safeguard_factor * state.best_residual
+        improved = new_norm < state.best_residual
+        best_x = jnp.where(improved, new_x, state.best_x)
+        best_g = jnp.where(improved, new_g, state.best_g)
+        best_residual = jnp.where(improved, new_norm, state.best_residual)
+        us = jnp.where(grew, 0, us)
+        vs = jnp.where(grew, 0, vs)
+        new_x = jnp.where(grew, state.best_x, new_x)
+        new_g = jnp.where(grew, state.best_g, new_g)
+        new_norm = jnp.where(grew, state.best_residual, new_norm)
+        trial = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(grew, a, b), unflatten(new_x, y), trial
+        )
 
         scale = self.norm(new_x + new_g)
         rel_residual = relative(new_norm, scale)
@@ -246,6 +280,10 @@ class Broyden(optx.AbstractRootFinder):
             step=state.step + 1,
             num_fn_evals=state.num_fn_evals + 1 + num_backtracks,
             num_backtracks=state.num_backtracks + num_backtracks,
+            num_restarts=state.num_restarts + grew.astype(state.num_restarts.dtype),
+            best_x=best_x,
+            best_g=best_g,
+            best_residual=best_residual,
             trace=record(state.trace, state.step + 1, rel_residual),
         )
         return trial, new_state, aux
@@ -294,6 +332,8 @@ Broyden.__init__.__doc__ = r"""**Arguments:**
 - `line_search`: whether to backtrack (halving the step) until
     $\|g\|$ decreases sufficiently.
 - `max_backtracks`: the most halvings per step when `line_search=True`.
+- `safeguard_factor`: when the residual exceeds this multiple of the best residual so
+    far, return to the best iterate and clear the rank-one memory. Must be $> 1$.
 - `trace_size`: length of the residual trace kept in the state; the residual after
     step $k$ goes to slot $\min(k, \text{trace\_size} - 1)$ (slot 0 holds the initial
     residual).
