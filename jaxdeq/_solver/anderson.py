@@ -284,7 +284,8 @@ class Anderson(optx.AbstractFixedPointSolver):
         # normalised by the mean squared residual so H is O(1) whatever the residual
         # size. Invalid slots get an identity row and a zero right-hand side, which
         # forces their coefficient to zero.
-        h = gram / scale + jnp.diag(jnp.where(valid, self.ridge, 1.0))
+        ridge = jnp.where(valid, self.ridge, 1.0).astype(gram.dtype)
+        h = gram / scale.astype(gram.dtype) + jnp.diag(ridge)
         solution, min_pivot = _spd_solve(h, valid.astype(h.dtype))
         total = jnp.sum(solution)
         alpha = solution / jnp.where(total == 0, 1, total)
