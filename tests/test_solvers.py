@@ -253,12 +253,17 @@ def test_broyden_residual_growth_restart():
     state = eqx.tree_at(
         lambda s: (s.best_residual, s.us, s.vs),
         state,
-        (jnp.array(1e-9), state.us.at[0].set(jnp.array([100.0, 0.0])), state.vs.at[0].set(jnp.array([1.0, 0.0]))),
+        (
+            jnp.array(1e-9),
+            state.us.at[0].set(jnp.array([100.0, 0.0])),
+            state.vs.at[0].set(jnp.array([1.0, 0.0])),
+        ),
     )
+    state = eqx.tree_at(lambda s: s.valid, state, state.valid.at[0].set(True))
     new_y, new_state, _ = solver.step(fn, y, None, {}, state, frozenset())
     np.testing.assert_array_equal(new_y, state.best_x)
     assert new_state.num_restarts == 1
-    assert not jnp.any(new_state.us) and not jnp.any(new_state.vs)
+    assert not jnp.any(new_state.valid)
 
 
 def test_broyden_memory_bounded_by_history(getkey):

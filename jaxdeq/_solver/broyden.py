@@ -28,6 +28,7 @@ class _BroydenState(eqx.Module):
     h0: Scalar
     us: Float[Array, "memory n"]
     vs: Float[Array, "memory n"]
+    valid: Bool[Array, " memory"]
     index: Int[Array, ""]
     first_residual: Scalar
     abs_residual: Scalar
@@ -45,14 +46,16 @@ class _BroydenState(eqx.Module):
     trace: Float[Array, " trace_size"]
 
 
-def _apply_inverse(h0, us, vs, a):
-    # H a with H = h0 I + sum_i u_i v_i^H (h0 real).
-    return h0.astype(a.dtype) * a + (jnp.conj(vs) @ a) @ us
+def _apply_inverse(h0, us, vs, valid, a):
+    # H a with H = h0 I + sum_{valid i} u_i v_i^H (h0 real).
+    coeffs = jnp.where(valid, jnp.conj(vs) @ a, 0)
+    return h0.astype(a.dtype) * a + coeffs @ us
 
 
-def _apply_inverse_adjoint(h0, us, vs, a):
+def _apply_inverse_adjoint(h0, us, vs, valid, a):
     # H^H a.
-    return h0.astype(a.dtype) * a + (jnp.conj(us) @ a) @ vs
+    coeffs = jnp.where(valid, jnp.conj(us) @ a, 0)
+    return h0.astype(a.dtype) * a + coeffs @ vs
 
 
 class Broyden(optx.AbstractRootFinder):
@@ -106,7 +109,7 @@ class Broyden(optx.AbstractRootFinder):
     rtol: float
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.two_norm
-    memory: int = 30
+    memory: int = 20
     line_search: bool = False
     max_backtracks: int = 8
     safeguard_factor: float = 1e2
@@ -162,6 +165,7 @@ class Broyden(optx.AbstractRootFinder):
             h0=jnp.array(-1.0, real_dtype(dtype)),
             us=jnp.zeros((self.memory, n), dtype),
             vs=jnp.zeros((self.memory, n), dtype),
+            valid=jnp.zeros((self.memory,), bool),
             index=jnp.array(0),
             first_residual=abs_residual,
             abs_residual=abs_residual,
@@ -196,7 +200,7 @@ class Broyden(optx.AbstractRootFinder):
         dtype = state.g.dtype
         x = flatten(y, dtype)
         g = state.g
-        direction = -_apply_inverse(state.h0, state.us, state.vs, g)
+        direction = -_apply_inverse(state.h0, state.us, state.vs, state.valid, g)
 
         def evaluate(size):
             trial = unflatten(x + size.astype(dtype) * direction, y)
@@ -233,15 +237,16 @@ class Broyden(optx.AbstractRootFinder):
         secant = curvature / jnp.maximum(dg_squared, jnp.finfo(dg_squared.dtype).tiny)
         flip = (state.step == 0) & (curvature > 0) & jnp.isfinite(secant)
         h0 = jnp.where(flip, secant, state.h0)
-        h_dg = _apply_inverse(h0, state.us, state.vs, dg)
+        h_dg = _apply_inverse(h0, state.us, state.vs, state.valid, dg)
         denom = jnp.vdot(dx, h_dg)
         safe = jnp.abs(denom) > 1e-12 * jnp.linalg.norm(dx) * jnp.linalg.norm(h_dg)
         safe = safe & jnp.isfinite(denom)
         u = jnp.where(safe, (dx - h_dg) / jnp.where(safe, denom, 1), 0)
-        v = jnp.where(safe, _apply_inverse_adjoint(h0, state.us, state.vs, dx), 0)
+        v = jnp.where(safe, _apply_inverse_adjoint(h0, state.us, state.vs, state.valid, dx), 0)
         slot = jnp.where(safe, state.index, -1)  # -1 writes nothing
         us = write_row(state.us, slot, u)
         vs = write_row(state.vs, slot, v)
+        valid = write_row(state.valid, slot, jnp.array(True))
         index = jnp.where(safe, (state.index + 1) % self.memory, state.index)
 
         # Safeguard: a residual far above the best seen means the inverse-Jacobian
@@ -251,8 +256,7 @@ class Broyden(optx.AbstractRootFinder):
         best_x = jnp.where(improved, new_x, state.best_x)
         best_g = jnp.where(improved, new_g, state.best_g)
         best_residual = jnp.where(improved, new_norm, state.best_residual)
-        us = jnp.where(grew, 0, us)
-        vs = jnp.where(grew, 0, vs)
+        valid = valid & jnp.invert(grew)
         new_x = jnp.where(grew, state.best_x, new_x)
         new_g = jnp.where(grew, state.best_g, new_g)
         new_norm = jnp.where(grew, state.best_residual, new_norm)
@@ -270,6 +274,7 @@ class Broyden(optx.AbstractRootFinder):
             h0=h0,
             us=us,
             vs=vs,
+            valid=valid,
             index=index,
             first_residual=state.first_residual,
             abs_residual=new_norm,
