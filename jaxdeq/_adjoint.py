@@ -207,7 +207,7 @@ class ImplicitAdjoint(AbstractDEQAdjoint):
     linear_solver: lx.AbstractLinearSolver | optx.AbstractFixedPointSolver = Anderson(
         rtol=1e-6, atol=0.0
     )
-    max_steps: int = 256
+    max_steps: int = 1000
     throw: bool = True
 
     def __check_init__(self):

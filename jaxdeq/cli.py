@@ -233,10 +233,9 @@ def _max_norm(tree) -> Array:
 
 def _adjoint(name: str, tol: float):
     if name == "implicit":
-        # The adjoint system w = v + J^T w solved by Anderson, to a tenth of the
-        # forward tolerance and relative only (cotangents of a mean loss are tiny).
-        # Cheaper to compile and run than the default GMRES at this size, and its
-        # steps compare directly with the forward steps.
+        # The adjoint system w = v + J^T w solved by Anderson (the default backward
+        # solver), to a tenth of the forward tolerance and relative only (cotangents
+        # of a mean loss are tiny); its steps compare directly with the forward steps.
         return ImplicitAdjoint(linear_solver=Anderson(rtol=0.1 * tol, atol=0.0))
     if name == "phantom":
         return PhantomAdjoint(steps=5, damping=0.5)
