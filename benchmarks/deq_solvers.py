@@ -182,8 +182,9 @@ def jax_solvers(cfg):
         def solve(W, inj, zscale, probe=None):
             atol, norm = tol * zscale, optx.two_norm
             fpi = optx.FixedPointIteration(rtol=0.0, atol=atol, norm=norm)
-            sol = optx.fixed_point(cell, fpi, z0, (W, inj), max_steps=steps,
-                                   adjoint=adjoint, throw=False)
+            sol = optx.fixed_point(
+                cell, fpi, z0, (W, inj), max_steps=steps, adjoint=adjoint, throw=False
+            )
             ok = sol.result == optx.RESULTS.successful
             return sol.value, sol.stats["num_steps"], ok
 
@@ -199,8 +200,9 @@ def jax_solvers(cfg):
 
         def jaxopt_solve(make):
             def solve(W, inj, zscale, probe=None):
-                solver = make(tol=tol * zscale, maxiter=steps,
-                              implicit_diff_solve=implicit)
+                solver = make(
+                    tol=tol * zscale, maxiter=steps, implicit_diff_solve=implicit
+                )
                 z, state = solver.run(z0, W, inj)
                 return z, state.num_fun_eval, state.error <= solver.tol
 
@@ -210,15 +212,25 @@ def jax_solvers(cfg):
         root = lambda z, W, inj: fp(z, W, inj) - z
         out["jaxopt.AndersonAcceleration"] = jaxopt_solve(anderson)
         out["jaxopt.AndersonAcceleration[ridge=1e-8]"] = jaxopt_solve(
-            ft.partial(anderson, ridge=1e-8))
+            ft.partial(anderson, ridge=1e-8)
+        )
         out["jaxopt.Broyden"] = jaxopt_solve(
-            ft.partial(jaxopt.Broyden, root, stepsize=1.0, history_size=100))
+            ft.partial(jaxopt.Broyden, root, stepsize=1.0, history_size=100)
+        )
     if jaxdeq:
+
         def ours(solver, adjoint):
             def solve(W, inj, zscale, probe=None):
-                sol = jaxdeq.fixed_point(cell, solver, z0, (W, inj), max_steps=steps,
-                                         adjoint=adjoint, throw=False,
-                                         backward_stats=probe)
+                sol = jaxdeq.fixed_point(
+                    cell,
+                    solver,
+                    z0,
+                    (W, inj),
+                    max_steps=steps,
+                    adjoint=adjoint,
+                    throw=False,
+                    backward_stats=probe,
+                )
                 ok = sol.result == jaxdeq.RESULTS.successful
                 return sol.value, sol.stats["num_fn_evals"], ok
 
@@ -268,13 +280,24 @@ def run_jax(name, one, prob, cfg):
     grads, bstats = out[1]
     bwd = {"bwd_steps": None}
     if hasattr(bstats, "num_steps"):
-        bwd = dict(bwd_steps=float(np.max(bstats.num_steps)),
-                   bwd_success=float(np.min(bstats.success)),
-                   bwd_residual=float(np.max(bstats.residual)))
+        bwd = dict(
+            bwd_steps=float(np.max(bstats.num_steps)),
+            bwd_success=float(np.min(bstats.success)),
+            bwd_residual=float(np.max(bstats.residual)),
+        )
     grad = np.concatenate([np.asarray(g, np.float64).ravel() for g in grads])
-    return dict(nfe=int(np.max(nfe)), nfe_mean=float(np.mean(nfe)),
-                says_converged=bool(np.all(ok)), t_fwd=t_fwd, t_step=t_step,
-                mem_fwd=mem_fwd, mem_step=mem_step, z=np.asarray(z), grad=grad, **bwd)
+    return dict(
+        nfe=int(np.max(nfe)),
+        nfe_mean=float(np.mean(nfe)),
+        says_converged=bool(np.all(ok)),
+        t_fwd=t_fwd,
+        t_step=t_step,
+        mem_fwd=mem_fwd,
+        mem_step=mem_step,
+        z=np.asarray(z),
+        grad=grad,
+        **bwd,
+    )
 
 
 def jax_cell_time(prob, cfg, evals=200):
@@ -296,10 +319,12 @@ def torch_solvers(cfg):
     register("bench_anderson", ft.partial(get("anderson"), m=5))  # default lam=1e-4
     register("bench_anderson_lam", ft.partial(get("anderson"), m=5, lam=1e-8))
     register("bench_broyden", ft.partial(get("broyden"), LBFGS_thres=30, ls=False))
-    return {"torchdeq.anderson": "bench_anderson",
-            "torchdeq.anderson[lam=1e-8]": "bench_anderson_lam",
-            "torchdeq.broyden": "bench_broyden",
-            "torchdeq.fixed_point_iter": "fixed_point_iter"}
+    return {
+        "torchdeq.anderson": "bench_anderson",
+        "torchdeq.anderson[lam=1e-8]": "bench_anderson_lam",
+        "torchdeq.broyden": "bench_broyden",
+        "torchdeq.fixed_point_iter": "fixed_point_iter",
+    }
 
 
 def torch_peak_bytes(fn):
@@ -325,9 +350,16 @@ def run_torch(name, key, prob, cfg):
     for p in (W, U, b):
         p.requires_grad_(True)
     deq = torchdeq_core.get_deq(
-        f_solver=key, b_solver=key, f_max_iter=cfg.max_steps, b_max_iter=cfg.max_steps,
-        f_tol=cfg.tol, b_tol=cfg.bwd_tol, f_stop_mode="rel", b_stop_mode="rel",
-        ift=True)
+        f_solver=key,
+        b_solver=key,
+        f_max_iter=cfg.max_steps,
+        b_max_iter=cfg.max_steps,
+        f_tol=cfg.tol,
+        b_tol=cfg.bwd_tol,
+        f_stop_mode="rel",
+        b_stop_mode="rel",
+        ift=True,
+    )
     calls, vjps, ok = [0], [0], [False]
 
     class CountVJP(torch.autograd.Function):  # identity that counts backward calls
@@ -372,9 +404,18 @@ def run_torch(name, key, prob, cfg):
     nfe, says_converged = calls[0], ok[0]
     t_step, _ = timeit(step, cfg.repeats, warmup=False)
     grad = np.concatenate([p.grad.double().numpy().ravel() for p in (W, U, b)])
-    return dict(nfe=nfe, nfe_mean=float(nfe), says_converged=says_converged,
-                bwd_steps=vjps[0], t_fwd=t_fwd, t_step=t_step, mem_fwd=mem_fwd,
-                mem_step=mem_step, z=z.detach().numpy(), grad=grad)
+    return dict(
+        nfe=nfe,
+        nfe_mean=float(nfe),
+        says_converged=says_converged,
+        bwd_steps=vjps[0],
+        t_fwd=t_fwd,
+        t_step=t_step,
+        mem_fwd=mem_fwd,
+        mem_step=mem_step,
+        z=z.detach().numpy(),
+        grad=grad,
+    )
 
 
 def torch_cell_time(prob, cfg, evals=200):
@@ -417,17 +458,28 @@ def run_regime(regime, cfg):
             continue
         res, g = rel_residual(W, inj, r.pop("z")), r.pop("grad")
         median = statistics.median
-        r.update(t_fwd_all=r["t_fwd"], t_step_all=r["t_step"],
-                 t_fwd=median(r["t_fwd"]), t_step=median(r["t_step"]))
-        r.update(regime=regime, solver=name, framework=fw,
-                 max_rel_res=float(res.max()),
-                 converged=bool(res.max() <= 1.1 * cfg.tol),
-                 grad_err=float(np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref)),
-                 overhead=1.0 - r["nfe"] * t_cell[fw] / r["t_fwd"])
+        r.update(
+            t_fwd_all=r["t_fwd"],
+            t_step_all=r["t_step"],
+            t_fwd=median(r["t_fwd"]),
+            t_step=median(r["t_step"]),
+        )
+        r.update(
+            regime=regime,
+            solver=name,
+            framework=fw,
+            max_rel_res=float(res.max()),
+            converged=bool(res.max() <= 1.1 * cfg.tol),
+            grad_err=float(np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref)),
+            overhead=1.0 - r["nfe"] * t_cell[fw] / r["t_fwd"],
+        )
         rows.append(r)
-        print(f"  ({regime}) {name:40s} nfe={r['nfe']:5d} fwd={1e3 * r['t_fwd']:8.1f}ms"
-              f" step={1e3 * r['t_step']:8.1f}ms res={r['max_rel_res']:.1e}"
-              f" [{time.perf_counter() - t0:.0f}s]", flush=True)
+        print(
+            f"  ({regime}) {name:40s} nfe={r['nfe']:5d} fwd={1e3 * r['t_fwd']:8.1f}ms"
+            f" step={1e3 * r['t_step']:8.1f}ms res={r['max_rel_res']:.1e}"
+            f" [{time.perf_counter() - t0:.0f}s]",
+            flush=True,
+        )
     ok = {r["solver"]: r for r in rows if "error" not in r}
     for r in ok.values():
         for o in OURS if not r["solver"].startswith("jaxdeq") else ():
@@ -446,9 +498,13 @@ def check_targets(rows):
     ran, lines = {r["regime"] for r in rows}, []
 
     def get(regime, prefix="", ours=None):
-        return [r for r in conv if r["regime"] == regime
-                and r["solver"].startswith(prefix)
-                and (ours is None or r["solver"].startswith("jaxdeq") == ours)]
+        return [
+            r
+            for r in conv
+            if r["regime"] == regime
+            and r["solver"].startswith(prefix)
+            and (ours is None or r["solver"].startswith("jaxdeq") == ours)
+        ]
 
     def line(passed, text):
         lines.append(f"{'PASS' if passed else 'FAIL'}: {text}")
@@ -459,10 +515,12 @@ def check_targets(rows):
         if ours and plain:
             best = min(ours, key=lambda r: r["nfe"])
             low = min(peers, key=lambda r: r["nfe"])
-            line(best["nfe"] <= plain["nfe"] / 3 and best["nfe"] < low["nfe"],
-                 f"(ii) our best NFE {best['nfe']} ({best['solver']}) <= plain"
-                 f" iteration {plain['nfe']}/3 = {plain['nfe'] / 3:.0f} and < every"
-                 f" converged peer (lowest: {low['solver']} {low['nfe']})")
+            line(
+                best["nfe"] <= plain["nfe"] / 3 and best["nfe"] < low["nfe"],
+                f"(ii) our best NFE {best['nfe']} ({best['solver']}) <= plain"
+                f" iteration {plain['nfe']}/3 = {plain['nfe'] / 3:.0f} and < every"
+                f" converged peer (lowest: {low['solver']} {low['nfe']})",
+            )
         else:
             line(False, "(ii) NFE target: ours or plain iteration did not converge")
     if "iii" in ran:
@@ -470,9 +528,11 @@ def check_targets(rows):
         plains = get("iii", "optx.Fixed") + get("iii", "torchdeq.fixed_point_iter")
         if aa and plains:
             listed = ", ".join(f"{p['solver']} {p['nfe']}" for p in plains)
-            line(aa[0]["nfe"] <= min(p["nfe"] for p in plains),
-                 f"(iii) jaxdeq.Anderson NFE {aa[0]['nfe']} <= plain iteration NFE"
-                 f" ({listed})")
+            line(
+                aa[0]["nfe"] <= min(p["nfe"] for p in plains),
+                f"(iii) jaxdeq.Anderson NFE {aa[0]['nfe']} <= plain iteration NFE"
+                f" ({listed})",
+            )
         else:
             line(False, "(iii) Anderson vs plain iteration: one did not converge")
     for regime in sorted({"i", "ii"} & ran):
@@ -485,16 +545,20 @@ def check_targets(rows):
             if get(regime, lib):
                 peer = min(get(regime, lib), key=lambda r: r["t_step"])
                 ratio = best["t_step"] / peer["t_step"]
-                line(ratio <= bound,
-                     f"({regime}) step time ours {1e3 * best['t_step']:.1f} ms"
-                     f" ({best['solver']}) / {lib} best {1e3 * peer['t_step']:.1f} ms"
-                     f" ({peer['solver']}) = {ratio:.2f} <= {bound}")
+                line(
+                    ratio <= bound,
+                    f"({regime}) step time ours {1e3 * best['t_step']:.1f} ms"
+                    f" ({best['solver']}) / {lib} best {1e3 * peer['t_step']:.1f} ms"
+                    f" ({peer['solver']}) = {ratio:.2f} <= {bound}",
+                )
     for r in rows:
         if r["solver"].startswith("jaxdeq") and "error" not in r:
-            line(r["overhead"] < 0.15,
-                 f"({r['regime']}) {r['solver']} solver overhead"
-                 f" {100 * r['overhead']:.0f}% < 15% (NFE {r['nfe']} x cell time vs"
-                 " forward time)")
+            line(
+                r["overhead"] < 0.15,
+                f"({r['regime']}) {r['solver']} solver overhead"
+                f" {100 * r['overhead']:.0f}% < 15% (NFE {r['nfe']} x cell time vs"
+                " forward time)",
+            )
     return lines
 
 
@@ -512,15 +576,29 @@ def fmt(v, spec, scale=1.0):
 
 
 def markdown(rows):
-    cols = ["regime", "solver", "max rel res", "converged", "NFE", "bwd", "fwd ms",
-            "step ms", "grad err", "fwd MiB", "step MiB", "overhead"]
+    cols = [
+        "regime",
+        "solver",
+        "max rel res",
+        "converged",
+        "NFE",
+        "bwd",
+        "fwd ms",
+        "step ms",
+        "grad err",
+        "fwd MiB",
+        "step MiB",
+        "overhead",
+    ]
     cols += [f"{o.split('.')[1]}/peer NFE · fwd · step" for o in OURS]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "error" in r:
             blank = " |" * (len(cols) - 3)
-            out.append(f"| {r['regime']} | {r['solver']} | crashed: {r['error'][:90]} |"
-                       + blank)
+            out.append(
+                f"| {r['regime']} | {r['solver']} | crashed: {r['error'][:90]} |"
+                + blank
+            )
             continue
         conv = "yes" if r["converged"] else "NO"
         if r["says_converged"] != r["converged"]:
@@ -528,23 +606,51 @@ def markdown(rows):
         bwd = fmt(r["bwd_steps"], ".0f")
         bwd += " (failed)" if r.get("bwd_success", 1) < 1 else ""
         keys = ("nfe", "t_fwd", "t_step")
-        ratios = [" · ".join(fmt(r[f"{o}/peer"][k], ".2f") for k in keys)
-                  if f"{o}/peer" in r else "—" for o in OURS]
-        cells = [r["regime"], r["solver"], f"{r['max_rel_res']:.1e}", conv, r["nfe"],
-                 bwd, f"{1e3 * r['t_fwd']:.1f}", f"{1e3 * r['t_step']:.1f}",
-                 f"{r['grad_err']:.1e}", fmt(r["mem_fwd"], ".2f", 2**-20),
-                 fmt(r["mem_step"], ".2f", 2**-20), f"{100 * r['overhead']:.0f}%"]
+        ratios = [
+            " · ".join(fmt(r[f"{o}/peer"][k], ".2f") for k in keys)
+            if f"{o}/peer" in r
+            else "—"
+            for o in OURS
+        ]
+        cells = [
+            r["regime"],
+            r["solver"],
+            f"{r['max_rel_res']:.1e}",
+            conv,
+            r["nfe"],
+            bwd,
+            f"{1e3 * r['t_fwd']:.1f}",
+            f"{1e3 * r['t_step']:.1f}",
+            f"{r['grad_err']:.1e}",
+            fmt(r["mem_fwd"], ".2f", 2**-20),
+            fmt(r["mem_step"], ".2f", 2**-20),
+            f"{100 * r['overhead']:.0f}%",
+        ]
         out.append("| " + " | ".join(map(str, cells + ratios)) + " |")
     return "\n".join(out)
 
 
 def versions():
-    out = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
-           "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "loadavg_at_start": os.getloadavg()}
-    for pkg in ("jax", "jaxlib", "optimistix", "lineax", "equinox", "numpy", "jaxopt",
-                "torch", "torchdeq", "jaxdeq"):
+    out = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "loadavg_at_start": os.getloadavg(),
+    }
+    for pkg in (
+        "jax",
+        "jaxlib",
+        "optimistix",
+        "lineax",
+        "equinox",
+        "numpy",
+        "jaxopt",
+        "torch",
+        "torchdeq",
+        "jaxdeq",
+    ):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -574,15 +680,22 @@ def main(cfg):
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(cfg).items() if k != "out"}
-    record = {"config": config, "versions": env, "cell_time_s": cell_times,
-              "rows": rows, "targets": targets}
+    record = {
+        "config": config,
+        "versions": env,
+        "cell_time_s": cell_times,
+        "rows": rows,
+        "targets": targets,
+    }
     (out / f"{name}.json").write_text(json.dumps(finite(record), indent=1))
     (out / f"{name}.md").write_text(
         "# DEQ fixed-point solvers\n\nWhat is measured and how: the docstring of"
         f" `benchmarks/deq_solvers.py`.\n\nConfig: `{json.dumps(config)}`; load"
         f" average {env['loadavg_at_start'][0]:.1f} at start,"
         f" {env['loadavg_at_end'][0]:.1f} at end.\n\n{table}\n\n"
-        + "\n".join(f"- {t}" for t in targets) + "\n")
+        + "\n".join(f"- {t}" for t in targets)
+        + "\n"
+    )
     print("\n" + table + "\n\n" + "\n".join(targets))
 
 

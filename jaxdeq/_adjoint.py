@@ -242,7 +242,8 @@ class ImplicitAdjoint(AbstractDEQAdjoint):
             converged = sol.result == optx.RESULTS.successful
         else:
             operator = lx.FunctionLinearOperator(
-                lambda u: (-(lin.transpose_jacobian(u) ** ω)).ω, jax.eval_shape(lambda: v)
+                lambda u: (-(lin.transpose_jacobian(u) ** ω)).ω,
+                jax.eval_shape(lambda: v),
             )
             solver = self.linear_solver
             options = {"y0": v} if isinstance(solver, _WARM_STARTABLE) else {}

@@ -10,7 +10,7 @@ from equinox.internal import ω
 from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractDEQAdjoint, ImplicitAdjoint
-from ._misc import check_positive_int, relative
+from ._misc import check_positive_int, record, relative
 from ._results import RESULTS, translate
 from ._solver.anderson import _AndersonState, Anderson
 from ._solver.broyden import _BroydenState
@@ -72,7 +72,8 @@ def _check_inputs(fn, solver, y0, args, has_aux, max_steps, adjoint, backward_st
         out = out[0]
     y_struct = jax.eval_shape(lambda: y0)
     if jtu.tree_structure(out) != jtu.tree_structure(y_struct) or any(
-        a.shape != b.shape for a, b in zip(jtu.tree_leaves(out), jtu.tree_leaves(y_struct))
+        a.shape != b.shape
+        for a, b in zip(jtu.tree_leaves(out), jtu.tree_leaves(y_struct))
     ):
         raise ValueError(
             "jaxdeq.fixed_point: `fn(y0, args)` must return a pytree with the same "
@@ -105,7 +106,7 @@ def _match_output_type(fn, y0, args, has_aux):
     return jtu.tree_map(lambda y, f: jnp.where(True, y, f), y0, f_y0)
 
 
-def _diagnostics(fn, solver, sol, args, has_aux):
+def _diagnostics(fn, sol, args, has_aux):
     state = sol.state
     if isinstance(state, (_AndersonState, _BroydenState)):
         return {
@@ -121,14 +122,12 @@ def _diagnostics(fn, solver, sol, args, has_aux):
     fy = jax.lax.stop_gradient(fy)
     abs_residual = optx.two_norm((fy**ω - y**ω).ω)
     rel_residual = relative(abs_residual, optx.two_norm(fy))
-    trace = jnp.full((_TRACE_SIZE,), jnp.nan, abs_residual.dtype)
-    index = jnp.minimum(sol.stats["num_steps"], _TRACE_SIZE - 1)
     num_steps = sol.stats["num_steps"]
-    del solver
+    trace = jnp.full((_TRACE_SIZE,), jnp.nan, abs_residual.dtype)
     return {
         "abs_residual": abs_residual,
         "rel_residual": rel_residual,
-        "residual_trace": trace.at[index].set(rel_residual),
+        "residual_trace": record(trace, num_steps, rel_residual),
         "num_fn_evals": num_steps + 1,
     }
 
@@ -218,7 +217,17 @@ def fixed_point(
 
 @eqx.filter_jit
 def _fixed_point(
-    fn, solver, y0, args, options, *, has_aux, max_steps, adjoint, throw, tags,
+    fn,
+    solver,
+    y0,
+    args,
+    options,
+    *,
+    has_aux,
+    max_steps,
+    adjoint,
+    throw,
+    tags,
     backward_stats,
 ):
     if isinstance(adjoint, AbstractDEQAdjoint) and not throw:
@@ -240,7 +249,7 @@ def _fixed_point(
         throw=False,
         tags=tags,
     )
-    stats = {**sol.stats, **_diagnostics(fn, solver, sol, args, has_aux)}
+    stats = {**sol.stats, **_diagnostics(fn, sol, args, has_aux)}
     result = translate(sol.result)
     sol = optx.Solution(
         value=sol.value, result=result, aux=sol.aux, stats=stats, state=sol.state

@@ -77,11 +77,15 @@ def relative(abs_residual: Scalar, scale: Scalar) -> Scalar:
 def check_tolerances(name: str, rtol: float, atol: float) -> None:
     for label, value in (("rtol", rtol), ("atol", atol)):
         if isinstance(value, (jax.Array,)) and value.ndim != 0:
-            raise ValueError(f"{name}: `{label}` must be a scalar, got shape {value.shape}.")
+            raise ValueError(
+                f"{name}: `{label}` must be a scalar, got shape {value.shape}."
+            )
         try:
             as_float = float(value)
         except TypeError as e:
-            raise TypeError(f"{name}: `{label}` must be a number, got {value!r}.") from e
+            raise TypeError(
+                f"{name}: `{label}` must be a number, got {value!r}."
+            ) from e
         if not as_float >= 0:
             raise ValueError(
                 f"{name}: `{label}` must be non-negative, got {value!r}. "

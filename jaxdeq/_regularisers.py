@@ -155,7 +155,9 @@ def fixed_point_correction(
         ```
     """
     if not 0 < gamma <= 1:
-        raise ValueError(f"fixed_point_correction: `gamma` must be in (0, 1], got {gamma}.")
+        raise ValueError(
+            f"fixed_point_correction: `gamma` must be in (0, 1], got {gamma}."
+        )
     iterates = jax.lax.stop_gradient(iterates)
     k = jtu.tree_leaves(iterates)[0].shape[0]
     losses = jax.vmap(lambda z: loss_fn(fn(z, args)))(iterates)

@@ -34,7 +34,10 @@ def translate(result: optx.RESULTS) -> RESULTS:
     """Promote an optimistix result to jaxdeq's, replacing generic messages."""
     promoted = RESULTS.promote(result)
     for generic, specific in (
-        (optx.RESULTS.nonlinear_max_steps_reached, RESULTS.fixed_point_max_steps_reached),
+        (
+            optx.RESULTS.nonlinear_max_steps_reached,
+            RESULTS.fixed_point_max_steps_reached,
+        ),
         (optx.RESULTS.nonlinear_divergence, RESULTS.fixed_point_diverged),
         (optx.RESULTS.nonfinite, RESULTS.fixed_point_nonfinite),
     ):

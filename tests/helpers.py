@@ -38,7 +38,9 @@ implicit_adjoints = (
 
 
 # An implicit adjoint whose backward solve is far tighter than any test tolerance.
-tight_implicit = jaxdeq.ImplicitAdjoint(linear_solver=jaxdeq.Anderson(rtol=1e-12, atol=0.0))
+tight_implicit = jaxdeq.ImplicitAdjoint(
+    linear_solver=jaxdeq.Anderson(rtol=1e-12, atol=0.0)
+)
 
 
 def contraction(key, n, norm=0.8, dtype=jnp.float64):

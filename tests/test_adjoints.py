@@ -13,9 +13,9 @@ from .helpers import (
     finite_difference,
     fixed_point_solvers,
     implicit_adjoints,
-    tight_implicit,
     tanh_args,
     tanh_cell,
+    tight_implicit,
 )
 
 
@@ -42,7 +42,9 @@ def _loss(adjoint, solver=SOLVER, fn=tanh_cell, max_steps=500):
 def _directional(grads, direction):
     return sum(
         jnp.vdot(g, d)
-        for g, d in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(direction))
+        for g, d in zip(
+            jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(direction)
+        )
     )
 
 
@@ -62,13 +64,17 @@ def test_implicit_matches_finite_differences(adjoint, getkey):
     for _ in range(2):
         direction = _random_direction(getkey(), args)
         fd = finite_difference(
-            lambda t: loss(jax.tree_util.tree_map(lambda a, d: a + t * d, args, direction)),
+            lambda t, direction=direction: loss(
+                jax.tree_util.tree_map(lambda a, d: a + t * d, args, direction)
+            ),
             0.0,
             1.0,
         )
         # Central differences at eps=1e-6 in float64: truncation ~1e-12, rounding
         # ~1e-10; the forward and backward tolerances are 1e-12 / 1e-11.
-        np.testing.assert_allclose(_directional(grads, direction), fd, rtol=1e-7, atol=1e-8)
+        np.testing.assert_allclose(
+            _directional(grads, direction), fd, rtol=1e-7, atol=1e-8
+        )
 
 
 @pytest.mark.parametrize("solver", fixed_point_solvers)
@@ -83,7 +89,9 @@ def test_implicit_matches_unrolled(solver, getkey):
             max_steps=400,
         )
     )(args)
-    for a, b in zip(jax.tree_util.tree_leaves(implicit), jax.tree_util.tree_leaves(unrolled)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(implicit), jax.tree_util.tree_leaves(unrolled)
+    ):
         # The forward tolerances of 1e-10 bound the difference.
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
 
@@ -100,7 +108,9 @@ def test_implicit_in_root_find():
             jaxdeq.Broyden(rtol=1e-13, atol=1e-13),
             jnp.ones(3),
             a,
-            adjoint=jaxdeq.ImplicitAdjoint(linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12)),
+            adjoint=jaxdeq.ImplicitAdjoint(
+                linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12)
+            ),
             max_steps=200,
         ).value
 
@@ -131,7 +141,9 @@ def test_neumann_formula(terms, getkey):
     w = sum(jnp.linalg.matrix_power(jac.T, i) @ v for i in range(terms + 1))
     (expected,) = vjp_args(w)
     grads = jax.grad(_loss(jaxdeq.NeumannAdjoint(terms=terms)))(args)
-    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -140,7 +152,9 @@ def test_jacobian_free_formula(getkey):
     z, _, vjp_args = _jacobians(args)
     (expected,) = vjp_args(_cotangent(z))
     grads = jax.grad(_loss(jaxdeq.JacobianFreeAdjoint()))(args)
-    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -158,7 +172,9 @@ def test_phantom_formula(steps, damping, getkey):
     _, vjp_fn = jax.vjp(unrolled, args)
     (expected,) = vjp_fn(_cotangent(z))
     grads = jax.grad(_loss(jaxdeq.PhantomAdjoint(steps=steps, damping=damping)))(args)
-    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -175,7 +191,9 @@ def test_neumann_tends_to_implicit(getkey):
     implicit = jax.grad(_loss(tight_implicit))(args)
     neumann = jax.grad(_loss(jaxdeq.NeumannAdjoint(terms=60)))(args)
     # ||J|| <= 0.5, so the series tail after 60 terms is below 0.5^61 ~ 4e-19.
-    for a, b in zip(jax.tree_util.tree_leaves(implicit), jax.tree_util.tree_leaves(neumann)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(implicit), jax.tree_util.tree_leaves(neumann)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
@@ -244,7 +262,12 @@ def test_backward_failure_is_reported_and_raised():
 
     def loss(args, probe, adjoint, throw):
         sol = jaxdeq.fixed_point(
-            affine, forward, jnp.zeros(2), args, adjoint=adjoint, throw=throw,
+            affine,
+            forward,
+            jnp.zeros(2),
+            args,
+            adjoint=adjoint,
+            throw=throw,
             backward_stats=probe,
         )
         return jnp.sum(sol.value)
@@ -255,7 +278,9 @@ def test_backward_failure_is_reported_and_raised():
     with pytest.raises(Exception, match="backward"):
         jax.grad(loss)(args, probe, failing, True)
     # GMRES handles the same system.
-    grads, stats = jax.grad(loss, argnums=(0, 1))(args, probe, jaxdeq.ImplicitAdjoint(), True)
+    grads, stats = jax.grad(loss, argnums=(0, 1))(
+        args, probe, jaxdeq.ImplicitAdjoint(), True
+    )
     assert stats.success == 1
     a, b = args
     exact = jax.grad(lambda a: jnp.sum(jnp.linalg.solve(jnp.eye(2) - a, b)))(a)
@@ -285,9 +310,15 @@ def test_adjoint_in_optimistix_fixed_point(getkey):
     args = tanh_args(getkey(), n=5, m=2, norm=0.7)
 
     def loss(args, adjoint):
-        return jnp.sum(optx.fixed_point(tanh_cell, SOLVER, jnp.zeros(5), args, adjoint=adjoint).value)
+        return jnp.sum(
+            optx.fixed_point(
+                tanh_cell, SOLVER, jnp.zeros(5), args, adjoint=adjoint
+            ).value
+        )
 
-    ours = jax.grad(loss)(args, jaxdeq.ImplicitAdjoint(linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12)))
+    ours = jax.grad(loss)(
+        args, jaxdeq.ImplicitAdjoint(linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12))
+    )
     theirs = jax.grad(loss)(args, optx.ImplicitAdjoint())
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

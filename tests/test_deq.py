@@ -66,12 +66,16 @@ def test_layer_gradient_matches_finite_differences(getkey):
     g_params = eqx.filter(grads, eqx.is_inexact_array)
     direction = jax.tree_util.tree_map(lambda p: jr.normal(getkey(), p.shape), params)
     along = lambda t: loss(
-        eqx.combine(jax.tree_util.tree_map(lambda p, d: p + t * d, params, direction), static)
+        eqx.combine(
+            jax.tree_util.tree_map(lambda p, d: p + t * d, params, direction), static
+        )
     )
     fd = finite_difference(along, 0.0, 1.0)
     analytic = sum(
         jnp.vdot(g, d)
-        for g, d in zip(jax.tree_util.tree_leaves(g_params), jax.tree_util.tree_leaves(direction))
+        for g, d in zip(
+            jax.tree_util.tree_leaves(g_params), jax.tree_util.tree_leaves(direction)
+        )
     )
     np.testing.assert_allclose(analytic, fd, rtol=1e-6)
     # No gradient reaches the initial state.
@@ -124,7 +128,14 @@ def test_layer_with_spectral_norm_cell(getkey):
     assert residual <= 1e-6 + 1e-4 * jnp.linalg.norm(deq.cell(z, x))
 
 
-@pytest.mark.parametrize("solver", [jaxdeq.Anderson(rtol=1e-4, atol=1e-6), jaxdeq.Broyden(rtol=1e-4, atol=1e-6), optx.FixedPointIteration(rtol=1e-4, atol=1e-6)])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        jaxdeq.Anderson(rtol=1e-4, atol=1e-6),
+        jaxdeq.Broyden(rtol=1e-4, atol=1e-6),
+        optx.FixedPointIteration(rtol=1e-4, atol=1e-6),
+    ],
+)
 def test_layer_trains_under_jit_without_recompiling(solver, getkey):
     deq = _deq(getkey(), solver=solver, max_steps=100)
     traces = []

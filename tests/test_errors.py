@@ -18,10 +18,16 @@ from .helpers import affine
         (lambda: jaxdeq.Anderson(rtol=1e-4, atol=1e-6, damping=0.0), "damping"),
         (lambda: jaxdeq.Anderson(rtol=1e-4, atol=1e-6, damping=1.5), "damping"),
         (lambda: jaxdeq.Anderson(rtol=1e-4, atol=1e-6, ridge=-1.0), "ridge"),
-        (lambda: jaxdeq.Anderson(rtol=1e-4, atol=1e-6, safeguard_factor=0.5), "safeguard"),
+        (
+            lambda: jaxdeq.Anderson(rtol=1e-4, atol=1e-6, safeguard_factor=0.5),
+            "safeguard",
+        ),
         (lambda: jaxdeq.Broyden(rtol=-1e-4, atol=1e-6), "rtol"),
         (lambda: jaxdeq.Broyden(rtol=1e-4, atol=1e-6, memory=0), "memory"),
-        (lambda: jaxdeq.Broyden(rtol=1e-4, atol=1e-6, safeguard_factor=1.0), "safeguard"),
+        (
+            lambda: jaxdeq.Broyden(rtol=1e-4, atol=1e-6, safeguard_factor=1.0),
+            "safeguard",
+        ),
         (lambda: jaxdeq.PhantomAdjoint(steps=0), "steps"),
         (lambda: jaxdeq.PhantomAdjoint(damping=0.0), "damping"),
         (lambda: jaxdeq.NeumannAdjoint(terms=-1), "terms"),
@@ -53,7 +59,9 @@ def test_wrong_types():
 def test_mismatched_shapes_before_tracing():
     solver = jaxdeq.Anderson(rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="same\\s+structure and shapes"):
-        jaxdeq.fixed_point(affine, solver, jnp.zeros(3), (jnp.ones((2, 3)), jnp.ones(2)))
+        jaxdeq.fixed_point(
+            affine, solver, jnp.zeros(3), (jnp.ones((2, 3)), jnp.ones(2))
+        )
     with pytest.raises(ValueError, match="max_steps"):
         jaxdeq.fixed_point(
             affine, solver, jnp.zeros(2), (jnp.eye(2), jnp.ones(2)), max_steps=0
@@ -66,7 +74,9 @@ def test_dtype_mismatch_and_integer_state():
         jaxdeq.fixed_point(affine, solver, jnp.zeros(2, int), (jnp.eye(2), jnp.ones(2)))
     with pytest.raises(TypeError, match="dtype"):
         jaxdeq.fixed_point(
-            lambda z, _: jnp.tanh(z).astype(jnp.float64), solver, jnp.zeros(2, jnp.float32)
+            lambda z, _: jnp.tanh(z).astype(jnp.float64),
+            solver,
+            jnp.zeros(2, jnp.float32),
         )
 
 

@@ -41,6 +41,10 @@ def test_memory_flat_in_max_steps(getkey):
         small = _temp_bytes(adjoint, 10, w, xs)
         large = _temp_bytes(adjoint, 1000, w, xs)
         assert large == small
-    unrolled_small = _temp_bytes(optx.RecursiveCheckpointAdjoint(checkpoints=10), 10, w, xs)
-    unrolled_large = _temp_bytes(optx.RecursiveCheckpointAdjoint(checkpoints=1000), 1000, w, xs)
+    unrolled_small = _temp_bytes(
+        optx.RecursiveCheckpointAdjoint(checkpoints=10), 10, w, xs
+    )
+    unrolled_large = _temp_bytes(
+        optx.RecursiveCheckpointAdjoint(checkpoints=1000), 1000, w, xs
+    )
     assert unrolled_large > 20 * unrolled_small

@@ -14,8 +14,8 @@ from .._misc import (
     check_tolerances,
     DIVERGENCE_RATIO,
     flatten,
-    record,
     real_dtype,
+    record,
     relative,
     unflatten,
     write_row,
@@ -67,7 +67,10 @@ class Broyden(optx.AbstractRootFinder):
     bounded by `memory`, never by `max_steps`. Each step moves along $p = -H g(y)$,
     optionally with a backtracking line search on $\|g\|$, and applies the good
     Broyden update
-    $H \leftarrow H + (\Delta y - H \Delta g)\,\Delta y^\top H / (\Delta y^\top H \Delta g)$.
+
+    $$H \leftarrow H + \frac{(\Delta y - H \Delta g)\,\Delta y^\top H}
+    {\Delta y^\top H \Delta g}.$$
+
     If the residual grows to more than `safeguard_factor` times the best seen, the
     solver returns to the best iterate and clears its memory.
 
@@ -242,7 +245,9 @@ class Broyden(optx.AbstractRootFinder):
         safe = jnp.abs(denom) > 1e-12 * jnp.linalg.norm(dx) * jnp.linalg.norm(h_dg)
         safe = safe & jnp.isfinite(denom)
         u = jnp.where(safe, (dx - h_dg) / jnp.where(safe, denom, 1), 0)
-        v = jnp.where(safe, _apply_inverse_adjoint(h0, state.us, state.vs, state.valid, dx), 0)
+        v = jnp.where(
+            safe, _apply_inverse_adjoint(h0, state.us, state.vs, state.valid, dx), 0
+        )
         slot = jnp.where(safe, state.index, -1)  # -1 writes nothing
         us = write_row(state.us, slot, u)
         vs = write_row(state.vs, slot, v)
