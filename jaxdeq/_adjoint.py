@@ -36,10 +36,6 @@ def _zeros_if_none(cotangent, primal):
     )
 
 
-def _tree_norm(tree):
-    return optx.two_norm(tree)
-
-
 def _stats(num_steps, residual, success) -> BackwardStats:
     as32 = lambda x: jnp.asarray(x, jnp.float32)
     return BackwardStats(as32(num_steps), as32(residual), as32(success))
@@ -75,7 +71,7 @@ class _Linearised(eqx.Module):
     def system_residual(self, w, v):
         r"""$\|(I - J^\top) w - v\| / \|v\|$."""
         lhs = (-(self.transpose_jacobian(w) ** ω)).ω
-        return _tree_norm((lhs**ω - v**ω).ω) / (_tree_norm(v) + 1e-30)
+        return optx.two_norm((lhs**ω - v**ω).ω) / (optx.two_norm(v) + 1e-30)
 
 
 class AbstractDEQAdjoint(optx.AbstractAdjoint):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import optimistix as optx
 from jaxtyping import Array, PyTree, Scalar
 
 
@@ -114,3 +115,20 @@ def check_unit_interval(name: str, label: str, value: float) -> None:
 
 
 NormFn = Callable[[PyTree], Scalar]
+
+
+def check_growth_factor(name: str, label: str, value: float) -> None:
+    if not float(value) > 1:
+        raise ValueError(
+            f"{name}: `{label}` must be > 1 (the residual growth that triggers a "
+            f"restart), got {value!r}."
+        )
+
+
+def stopping(converged, diverged, nonfinite) -> tuple[Array, optx.RESULTS]:
+    """The `terminate` of a solver that tracks these three flags in its state."""
+    result = optx.RESULTS.where(
+        diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+    )
+    result = optx.RESULTS.where(nonfinite, optx.RESULTS.nonfinite, result)
+    return converged | diverged | nonfinite, result

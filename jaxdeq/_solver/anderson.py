@@ -9,6 +9,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
     bookkeeping_dtype,
+    check_growth_factor,
     check_positive_int,
     check_tolerances,
     check_unit_interval,
@@ -17,6 +18,7 @@ from .._misc import (
     real_dtype,
     record,
     relative,
+    stopping,
     unflatten,
     write_row,
 )
@@ -66,9 +68,12 @@ class _AndersonState(eqx.Module):
     diverged: Bool[Array, ""]
     nonfinite: Bool[Array, ""]
     step: Int[Array, ""]
-    num_fn_evals: Int[Array, ""]
     num_restarts: Int[Array, ""]
     trace: Float[Array, " trace_size"]
+
+    @property
+    def num_fn_evals(self) -> Int[Array, ""]:
+        return self.step  # one evaluation per step
 
 
 class Anderson(optx.AbstractFixedPointSolver):
@@ -145,11 +150,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         check_unit_interval(self._name, "safeguard_damping", self.safeguard_damping)
         if not float(self.ridge) >= 0:
             raise ValueError(f"Anderson: `ridge` must be >= 0, got {self.ridge!r}.")
-        if not float(self.safeguard_factor) > 1:
-            raise ValueError(
-                "Anderson: `safeguard_factor` must be > 1 (the residual growth that "
-                f"triggers a restart), got {self.safeguard_factor!r}."
-            )
+        check_growth_factor(self._name, "safeguard_factor", self.safeguard_factor)
 
     def init(
         self,
@@ -183,7 +184,6 @@ class Anderson(optx.AbstractFixedPointSolver):
             diverged=jnp.array(False),
             nonfinite=jnp.array(False),
             step=jnp.array(0),
-            num_fn_evals=jnp.array(0),
             num_restarts=jnp.array(0),
             trace=jnp.full((self.trace_size,), jnp.nan, real_dtype(dtype)),
         )
@@ -204,8 +204,9 @@ class Anderson(optx.AbstractFixedPointSolver):
         f = flatten(fy, dtype)
         g = f - x
         abs_residual = self.norm(g)
-        rel_residual = relative(abs_residual, self.norm(f))
-        converged = abs_residual <= self.atol + self.rtol * self.norm(f)
+        f_norm = self.norm(f)
+        rel_residual = relative(abs_residual, f_norm)
+        converged = abs_residual <= self.atol + self.rtol * f_norm
         first_residual = jnp.where(state.step == 0, abs_residual, state.first_residual)
         nonfinite = jnp.invert(jnp.isfinite(abs_residual))
         diverged = abs_residual > DIVERGENCE_RATIO * first_residual
@@ -263,7 +264,6 @@ class Anderson(optx.AbstractFixedPointSolver):
             diverged=diverged,
             nonfinite=nonfinite,
             step=state.step + 1,
-            num_fn_evals=state.num_fn_evals + 1,
             num_restarts=state.num_restarts
             + (restart & jnp.invert(converged)).astype(state.num_restarts.dtype),
             trace=record(state.trace, state.step, rel_residual),
@@ -308,11 +308,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         tags: frozenset[object],
     ) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
-        result = optx.RESULTS.where(
-            state.diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
-        )
-        result = optx.RESULTS.where(state.nonfinite, optx.RESULTS.nonfinite, result)
-        return state.converged | state.diverged | state.nonfinite, result
+        return stopping(state.converged, state.diverged, state.nonfinite)
 
     def postprocess(
         self,

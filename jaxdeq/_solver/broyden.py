@@ -10,6 +10,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
     bookkeeping_dtype,
+    check_growth_factor,
     check_positive_int,
     check_tolerances,
     DIVERGENCE_RATIO,
@@ -17,6 +18,7 @@ from .._misc import (
     real_dtype,
     record,
     relative,
+    stopping,
     unflatten,
     write_row,
 )
@@ -37,13 +39,16 @@ class _BroydenState(eqx.Module):
     diverged: Bool[Array, ""]
     nonfinite: Bool[Array, ""]
     step: Int[Array, ""]
-    num_fn_evals: Int[Array, ""]
     num_backtracks: Int[Array, ""]
     num_restarts: Int[Array, ""]
     best_x: Float[Array, " n"]
     best_g: Float[Array, " n"]
     best_residual: Scalar
     trace: Float[Array, " trace_size"]
+
+    @property
+    def num_fn_evals(self) -> Int[Array, ""]:
+        return 1 + self.step + self.num_backtracks  # init, steps, backtracks
 
 
 def _apply_inverse(h0, us, vs, valid, a):
@@ -125,11 +130,7 @@ class Broyden(optx.AbstractRootFinder):
         check_positive_int(self._name, "memory", self.memory)
         check_positive_int(self._name, "max_backtracks", self.max_backtracks)
         check_positive_int(self._name, "trace_size", self.trace_size)
-        if not float(self.safeguard_factor) > 1:
-            raise ValueError(
-                "Broyden: `safeguard_factor` must be > 1 (the residual growth that "
-                f"triggers a restart), got {self.safeguard_factor!r}."
-            )
+        check_growth_factor(self._name, "safeguard_factor", self.safeguard_factor)
 
     def _residual(self, fn, y, args, dtype):
         out, aux = fn(y, args)
@@ -177,7 +178,6 @@ class Broyden(optx.AbstractRootFinder):
             diverged=jnp.array(False),
             nonfinite=jnp.invert(jnp.isfinite(abs_residual)),
             step=jnp.array(0),
-            num_fn_evals=jnp.array(1),
             num_backtracks=jnp.array(0),
             num_restarts=jnp.array(0),
             best_x=x,
@@ -288,7 +288,6 @@ class Broyden(optx.AbstractRootFinder):
             diverged=diverged,
             nonfinite=nonfinite,
             step=state.step + 1,
-            num_fn_evals=state.num_fn_evals + 1 + num_backtracks,
             num_backtracks=state.num_backtracks + num_backtracks,
             num_restarts=state.num_restarts + grew.astype(state.num_restarts.dtype),
             best_x=best_x,
@@ -308,11 +307,7 @@ class Broyden(optx.AbstractRootFinder):
         tags: frozenset[object],
     ) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
-        result = optx.RESULTS.where(
-            state.diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
-        )
-        result = optx.RESULTS.where(state.nonfinite, optx.RESULTS.nonfinite, result)
-        return state.converged | state.diverged | state.nonfinite, result
+        return stopping(state.converged, state.diverged, state.nonfinite)
 
     def postprocess(
         self,
