@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import monotone as monotone
 from ._adjoint import (
     AbstractDEQAdjoint as AbstractDEQAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
@@ -9,6 +10,7 @@ from ._adjoint import (
     NeumannAdjoint as NeumannAdjoint,
     PhantomAdjoint as PhantomAdjoint,
 )
+from ._adjoint_splitting import SplittingAdjoint as SplittingAdjoint
 from ._deq import DEQ as DEQ, fixed_point as fixed_point
 from ._regularisers import (
     fixed_point_correction as fixed_point_correction,
@@ -16,7 +18,12 @@ from ._regularisers import (
     spectral_radius as spectral_radius,
 )
 from ._results import RESULTS as RESULTS
-from ._solver import Anderson as Anderson, Broyden as Broyden
+from ._solver import (
+    Anderson as Anderson,
+    Broyden as Broyden,
+    ForwardBackward as ForwardBackward,
+    PeacemanRachford as PeacemanRachford,
+)
 from ._stats import BackwardStats as BackwardStats
 
 

@@ -103,8 +103,13 @@ class AbstractDEQAdjoint(optx.AbstractAdjoint):
         root: PyTree[Array],
         cotangent: PyTree[Array],
         diff: PyTree,
+        inputs: tuple,
     ) -> tuple[PyTree, BackwardStats]:
-        """Return the gradient with respect to `diff` and the backward statistics."""
+        """Return the gradient with respect to `diff` and the backward statistics.
+
+        `inputs` are optimistix's `(fn, solver, y0, args, options, ...)`, for backward
+        modes that use the problem's structure.
+        """
 
     def apply(self, primal_fn, rewrite_fn, inputs, tags):
         while_loop = ft.partial(eqxi.while_loop, kind="lax")
@@ -136,7 +141,7 @@ def _solve_bwd(
     def rewrite(y, _diff):
         return rewrite_fn(y, None, eqx.combine(_diff, nondiff))
 
-    grads, stats = adjoint._backward(rewrite, root, cotangent, diff)
+    grads, stats = adjoint._backward(rewrite, root, cotangent, diff, inputs)
     if adjoint.throw:
         grads = eqx.error_if(
             grads,
@@ -218,7 +223,8 @@ class ImplicitAdjoint(AbstractDEQAdjoint):
             )
         check_positive_int("ImplicitAdjoint", "max_steps", self.max_steps)
 
-    def _backward(self, rewrite, root, cotangent, diff):
+    def _backward(self, rewrite, root, cotangent, diff, inputs):
+        del inputs
         lin = _linearise(rewrite, root, diff)
         v = _upcast(cotangent)
         if isinstance(self.linear_solver, optx.AbstractFixedPointSolver):
@@ -292,7 +298,8 @@ class JacobianFreeAdjoint(AbstractDEQAdjoint):
     monitor: bool = False
     throw: bool = True
 
-    def _backward(self, rewrite, root, cotangent, diff):
+    def _backward(self, rewrite, root, cotangent, diff, inputs):
+        del inputs
         lin = _linearise(rewrite, root, diff)
         residual = (
             lin.system_residual(cotangent, cotangent) if self.monitor else jnp.nan
@@ -335,7 +342,8 @@ class NeumannAdjoint(AbstractDEQAdjoint):
     def __check_init__(self):
         check_positive_int("NeumannAdjoint", "terms", self.terms, minimum=0)
 
-    def _backward(self, rewrite, root, cotangent, diff):
+    def _backward(self, rewrite, root, cotangent, diff, inputs):
+        del inputs
         lin = _linearise(rewrite, root, diff)
 
         def body(_, carry):
@@ -388,7 +396,9 @@ class PhantomAdjoint(AbstractDEQAdjoint):
         check_positive_int("PhantomAdjoint", "steps", self.steps)
         check_unit_interval("PhantomAdjoint", "damping", self.damping)
 
-    def _backward(self, rewrite, root, cotangent, diff):
+    def _backward(self, rewrite, root, cotangent, diff, inputs):
+        del inputs
+
         def unrolled(_diff):
             z = root
             for _ in range(self.steps):

@@ -1,2 +1,6 @@
 from .anderson import Anderson as Anderson
 from .broyden import Broyden as Broyden
+from .splitting import (
+    ForwardBackward as ForwardBackward,
+    PeacemanRachford as PeacemanRachford,
+)

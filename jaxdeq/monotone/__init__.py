@@ -1,0 +1,13 @@
+"""Monotone DEQs and monotone deep Boltzmann machines."""
+
+from .._solver._monotone_problem import (
+    AbstractMonotoneLinear as AbstractMonotoneLinear,
+    AbstractProx as AbstractProx,
+    AbstractResolvent as AbstractResolvent,
+    MonotoneProblem as MonotoneProblem,
+    Transposed as Transposed,
+)
+from ._dense import MonotoneLinear as MonotoneLinear
+from ._mondeq import MonDEQ as MonDEQ
+from ._relu import DiagonalProx as DiagonalProx, ReLU as ReLU
+from ._solve import solve as solve

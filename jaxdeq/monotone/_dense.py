@@ -1,0 +1,141 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+
+from .._solver._monotone_problem import AbstractMonotoneLinear, AbstractResolvent
+
+
+_CITE = r"""
+    ??? cite "References"
+
+        ```bibtex
+        @inproceedings{winston2020monotone,
+            author = {Winston, Ezra and Kolter, J. Zico},
+            title = {Monotone operator equilibrium networks},
+            booktitle = {Advances in Neural Information Processing Systems},
+            year = {2020},
+        }
+        ```
+"""
+
+
+def check_margin(name: str, margin: float) -> None:
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"{name}: `margin` must be a Python float, got {margin!r}.")
+    if not margin > 0:
+        raise ValueError(
+            f"{name}: `margin` must be > 0 (it is the m in I - W >= m I that makes the "
+            f"fixed point unique), got {margin!r}. Use e.g. margin=0.5."
+        )
+
+
+class _DenseResolvent(AbstractResolvent):
+    alpha: Scalar
+    lu: tuple[Array, Array]
+
+    def mv(self, z):
+        return jsl.lu_solve(self.lu, z.astype(self.lu[0].dtype)).astype(z.dtype)
+
+    def transpose_mv(self, z):
+        lu_z = z.astype(self.lu[0].dtype)
+        return jsl.lu_solve(self.lu, lu_z, trans=1).astype(z.dtype)
+
+
+class MonotoneLinear(AbstractMonotoneLinear):
+    (
+        r"""A dense monotone weight $W = (1 - m) I - A^\top A + B - B^\top$.
+
+    Its symmetric part satisfies $\operatorname{sym}(I - W) = m I + A^\top A \succeq
+    m I$ for every $A$ and $B$, so a monotone DEQ with this weight has exactly one
+    fixed point for every input and every parameter value. The resolvent is an LU
+    factorisation, computed once per solve.
+
+    **Arguments:**
+
+    - `size`: the state size $n$.
+    - `margin`: $m > 0$, the monotonicity margin (a Python float).
+    - `rank`: the number of rows of $A$ (default $n$).
+    - `key`: a JAX PRNG key for the initialisation.
+    - `dtype`: the parameters' dtype (default float32, or float64 with x64 on).
+
+    Fields `A` ($r \times n$) and `B` ($n \times n$) can be replaced with
+    `equinox.tree_at` to set given weights.
+
+    **Raises:**
+
+    `ValueError`/`TypeError` for a non-positive margin or a bad size.
+    """
+        + _CITE
+    )
+
+    A: Float[Array, "rank n"]
+    B: Float[Array, "n n"]
+    margin: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        size: int,
+        margin: float = 0.5,
+        *,
+        rank: int | None = None,
+        key: PRNGKeyArray,
+        dtype=None,
+    ):
+        check_margin("MonotoneLinear", margin)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"MonotoneLinear: `size` must be an int >= 1, got {size}.")
+        rank = size if rank is None else rank
+        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        akey, bkey = jr.split(key)
+        # Small enough that W starts near (1 - m) I: a contraction with a margin.
+        scale = 1.0 / jnp.sqrt(jnp.asarray(4 * size, dtype))
+        self.A = jr.normal(akey, (rank, size), dtype) * scale
+        self.B = jr.normal(bkey, (size, size), dtype) * scale
+        self.margin = float(margin)
+
+    def __check_init__(self):
+        check_margin("MonotoneLinear", self.margin)
+        if self.A.ndim != 2 or self.B.ndim != 2 or self.B.shape[0] != self.B.shape[1]:
+            raise ValueError(
+                "MonotoneLinear: `A` must be (rank, n) and `B` (n, n), got "
+                f"{self.A.shape} and {self.B.shape}."
+            )
+        if self.A.shape[1] != self.B.shape[0]:
+            raise ValueError(
+                f"MonotoneLinear: `A` has {self.A.shape[1]} columns but `B` is "
+                f"{self.B.shape}; both must act on the same state size."
+            )
+
+    def _i_minus_w(self) -> Float[Array, "n n"]:
+        n = self.B.shape[0]
+        eye = jnp.eye(n, dtype=self.B.dtype)
+        return self.margin * eye + self.A.T @ self.A - self.B + self.B.T
+
+    def in_structure(self):
+        return jax.ShapeDtypeStruct((self.B.shape[0],), self.B.dtype)
+
+    def mv(self, z):
+        bz = self.B.astype(z.dtype)
+        az = self.A.astype(z.dtype)
+        out = (1 - self.margin) * z - az.T @ (az @ z) + bz @ z - bz.T @ z
+        return out
+
+    def transpose_mv(self, z):
+        bz = self.B.astype(z.dtype)
+        az = self.A.astype(z.dtype)
+        return (1 - self.margin) * z - az.T @ (az @ z) + bz.T @ z - bz @ z
+
+    def resolvent(self, alpha):
+        n = self.B.shape[0]
+        alpha = jnp.asarray(alpha, self.B.dtype)
+        matrix = jnp.eye(n, dtype=self.B.dtype) + alpha * self._i_minus_w()
+        return _DenseResolvent(alpha, jsl.lu_factor(matrix))
+
+    def lipschitz(self):
+        return jnp.linalg.norm(self._i_minus_w(), ord=2)
+
+    def as_matrix(self):
+        return jnp.eye(self.B.shape[0], dtype=self.B.dtype) - self._i_minus_w()
