@@ -147,6 +147,10 @@ class _AbstractSplitting(optx.AbstractFixedPointSolver):
             trace=jnp.full((self.trace_size,), jnp.nan, dtype),
         )
 
+    def _prox_step(self, alpha):
+        # A static step lets a prox specialise (e.g. the group softmax at 1.0).
+        return alpha if self.alpha is None else self.alpha
+
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags
         return stopping(state.converged, state.diverged, state.nonfinite)
@@ -208,7 +212,7 @@ class ForwardBackward(_AbstractSplitting):
         aux, flags = self._residual(fn, y, args, state)
         alpha = state.alpha
         v = _axpby(1 - alpha, y, alpha, problem.pre_activation(y))
-        new_y = problem.prox(v, jnp.asarray(alpha))
+        new_y = problem.prox(v, self._prox_step(alpha))
         new_y = _where(flags["converged"], y, new_y)
         return new_y, dataclasses.replace(state, **flags), aux
 
@@ -284,7 +288,7 @@ class PeacemanRachford(_AbstractSplitting):
         reflected = _axpby(2, z_half, -1, u_half)
         theta = self.relaxation
         u = _axpby(1 - theta, state.u, theta, reflected)
-        new_y = problem.prox(u, alpha)
+        new_y = problem.prox(u, self._prox_step(alpha))
         new_y = _where(flags["converged"], y, new_y)
         u = _where(flags["converged"], state.u, u)
         return new_y, dataclasses.replace(state, u=u, **flags), aux

@@ -7,6 +7,8 @@ from .._solver._monotone_problem import (
     MonotoneProblem as MonotoneProblem,
     Transposed as Transposed,
 )
+from ._categorical import GroupSoftmax as GroupSoftmax
+from ._dbm import MonotoneDBM as MonotoneDBM, one_hot_groups as one_hot_groups
 from ._dense import MonotoneLinear as MonotoneLinear
 from ._mondeq import MonDEQ as MonDEQ
 from ._relu import DiagonalProx as DiagonalProx, ReLU as ReLU
