@@ -307,3 +307,17 @@ def test_errors(getkey):
         monotone.MonDEQ(jnp.eye(4), eqx.nn.Linear(2, 4, key=key))
     with pytest.raises(TypeError, match="solver"):
         jaxdeq.SplittingAdjoint(solver=jaxdeq.Anderson(1e-6, 1e-6))
+
+
+def test_tune_step_size(getkey):
+    layer = _layer(getkey(), rtol=1e-6)
+    x = jr.normal(getkey(), (4, 5))
+    tuned, report = monotone.tune_step_size(layer, x, factors=(0.25, 1.0, 4.0))
+    steps = report["mean_steps"]
+    assert len(steps) == 3
+    assert tuned.solver.alpha == report["alpha"] == min(steps, key=steps.get)
+    base = float(layer.solver.step_size(layer.problem(x[0])))
+    np.testing.assert_allclose(sorted(steps), [0.25 * base, base, 4 * base])
+    with pytest.raises(TypeError, match="PeacemanRachford"):
+        fb = eqx.tree_at(lambda m: m.solver, layer, jaxdeq.Anderson(1e-6, 1e-6))
+        monotone.tune_step_size(fb, x)

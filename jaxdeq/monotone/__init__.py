@@ -13,3 +13,4 @@ from ._dense import MonotoneLinear as MonotoneLinear
 from ._mondeq import MonDEQ as MonDEQ
 from ._relu import DiagonalProx as DiagonalProx, ReLU as ReLU
 from ._solve import solve as solve
+from ._tune import tune_step_size as tune_step_size

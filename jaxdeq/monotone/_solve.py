@@ -28,13 +28,18 @@ def check_step_size(problem: MonotoneProblem, solver: Any) -> None:
         return
     if not _is_concrete(problem.operator):
         return
-    bound = float(forward_backward_bound(problem))
+    with jax.ensure_compile_time_eval():
+        bound = forward_backward_bound(problem)
+        lipschitz = problem.operator.lipschitz()
+    if not _is_concrete((bound, lipschitz)):
+        return
+    bound = float(bound)
     if solver.alpha > bound:
         raise ValueError(
             f"ForwardBackward: step size alpha={solver.alpha} exceeds the convergent "
             f"bound 2m/L^2 = {bound:.4g} of this operator (margin m = "
             f"{problem.operator.margin}, L = ||I - W||_2 = "
-            f"{float(problem.operator.lipschitz()):.4g}). Use alpha <= {bound:.4g}, "
+            f"{float(lipschitz):.4g}). Use alpha <= {bound:.4g}, "
             "alpha=None (chosen from the bound), or jaxdeq.PeacemanRachford, which "
             "converges for every alpha > 0."
         )
