@@ -3,7 +3,7 @@ from jaxtyping import Float, Int
 
 
 def load_digits(
-    test_fraction: float = 0.2, seed: int = 0
+    test_fraction: float = 0.2, seed: int = 0, *, standardise: bool = True
 ) -> tuple[
     Float[np.ndarray, "train 64"],
     Int[np.ndarray, " train"],
@@ -22,6 +22,8 @@ def load_digits(
 
     - `test_fraction`: the fraction of samples held out for testing, in $(0, 1)$.
     - `seed`: the seed of the permutation that splits the data.
+    - `standardise`: if `False`, return the raw pixel intensities (integers 0–16 as
+        floats) instead, e.g. to bin them into categories.
 
     **Returns:**
 
@@ -50,5 +52,8 @@ def load_digits(
     mean = x[train].mean(axis=0)
     std = x[train].std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    standardise = lambda a: ((a - mean) / std).astype(np.float32)
-    return standardise(x[train]), y[train], standardise(x[test]), y[test]
+    if standardise:
+        scale = lambda a: ((a - mean) / std).astype(np.float32)
+    else:
+        scale = lambda a: a.astype(np.float32)
+    return scale(x[train]), y[train], scale(x[test]), y[test]
