@@ -119,7 +119,7 @@ def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver):
 
     n = x.shape[0]
     history = []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         key, pkey = jr.split(key)
         order = np.asarray(jr.permutation(pkey, n))
         for i in range(0, n - batch + 1, batch):
