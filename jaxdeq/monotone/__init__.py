@@ -8,6 +8,7 @@ from .._solver._monotone_problem import (
     Transposed as Transposed,
 )
 from ._categorical import GroupSoftmax as GroupSoftmax
+from ._conv import MonotoneConv as MonotoneConv, MonotoneMultiConv as MonotoneMultiConv
 from ._dbm import MonotoneDBM as MonotoneDBM, one_hot_groups as one_hot_groups
 from ._dense import MonotoneLinear as MonotoneLinear
 from ._mondeq import MonDEQ as MonDEQ
