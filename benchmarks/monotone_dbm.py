@@ -80,12 +80,12 @@ def _focal(probs, target, gamma=2.0):
     return -((1 - p) ** gamma) * jnp.log(p)
 
 
-def _loss(model, pixels, labels, observed_pixels):
+def _loss(model, pixels, labels, observed_pixels, gamma):
     pixel_probs, label_probs, sol = jax.vmap(_dbm_predict, in_axes=(None, 0, 0))(
         model, pixels, observed_pixels
     )
     missing = jnp.invert(observed_pixels).astype(pixel_probs.dtype)
-    focal = jnp.sum(_focal(pixel_probs, pixels) * missing) / jnp.maximum(
+    focal = jnp.sum(_focal(pixel_probs, pixels, gamma) * missing) / jnp.maximum(
         jnp.sum(missing), 1
     )
     label_p = jnp.take_along_axis(label_probs, labels[:, None], axis=1)[:, 0]
@@ -93,13 +93,13 @@ def _loss(model, pixels, labels, observed_pixels):
     return 0.5 * focal + 0.5 * ce, sol.stats["num_steps"]
 
 
-def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver):
+def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver, gamma=2.0, margin=0.1):
     x, y, _, _ = data
     key = jr.PRNGKey(seed)
     mkey, key = jr.split(key)
     model = monotone.MonotoneDBM(
         dbm_groups(hidden),
-        margin=0.1,
+        margin=margin,
         solver=solver,
         adjoint=jaxdeq.SplittingAdjoint(rtol=1e-4, max_steps=500),
         max_steps=200,
@@ -112,7 +112,7 @@ def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver):
     def step(model, state, pixels, labels, key):
         observed = _masks(key, pixels.shape[0], 0.4)
         (loss, steps), grads = eqx.filter_value_and_grad(_loss, has_aux=True)(
-            model, pixels, labels, observed
+            model, pixels, labels, observed, gamma
         )
         updates, state = opt.update(grads, state)
         return eqx.apply_updates(model, updates), state, loss, jnp.mean(steps)
@@ -283,13 +283,21 @@ def run_dbm(args) -> dict:
     quick = getattr(args, "quick", False)
     seed = getattr(args, "seed", 0)
     data = binned_digits(seed)
-    cfg = dict(hidden=8 if quick else 32, epochs=1 if quick else 30, batch=64)
+    cfg = dict(
+        hidden=8 if quick else getattr(args, "hidden", 32),
+        epochs=1 if quick else getattr(args, "epochs", 30),
+        batch=64,
+        gamma=getattr(args, "gamma", 2.0),
+        margin=getattr(args, "margin", 0.1),
+    )
     solver = jaxdeq.PeacemanRachford(rtol=1e-3, atol=1e-5, alpha=1.0)
     t0 = time.perf_counter()
     dbm, history = train_dbm(data, lr=1e-2, seed=seed, solver=solver, **cfg)
     dbm_time = time.perf_counter() - t0
     dbm_eval = evaluate_dbm(dbm, data, seed)
     mask = dbm_eval.pop("mask")
+    if getattr(args, "skip_rbm", False):
+        return {"config": cfg, "monotone_dbm": dbm_eval}
     t0 = time.perf_counter()
     rbm = train_rbm(
         data,
@@ -321,6 +329,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--gamma", type=float, default=2.0)
+    parser.add_argument("--margin", type=float, default=0.1)
+    parser.add_argument("--skip-rbm", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
     result = run_dbm(args)

@@ -19,7 +19,7 @@ from jaxtyping import Array, PyTree, Scalar
 
 class AbstractResolvent(eqx.Module):
     r"""The resolvent $V = (I + \alpha (I - W))^{-1}$ of a monotone linear operator,
-    with its factorisation cached (an LU factorisation for a dense $W$, one small
+    with its factorisation cached (an explicit inverse for a dense $W$, one small
     inverse per frequency for a convolutional one).
 
     Obtained from [`jaxdeq.monotone.AbstractMonotoneLinear.resolvent`][].

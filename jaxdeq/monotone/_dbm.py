@@ -15,7 +15,7 @@ from .._solver._monotone_problem import AbstractMonotoneLinear, MonotoneProblem
 from .._solver.splitting import PeacemanRachford
 from .._stats import BackwardStats
 from ._categorical import _as_groups, _blocks, GroupSoftmax
-from ._dense import _DenseResolvent, check_margin
+from ._dense import check_margin, dense_resolvent
 from ._solve import solve
 
 
@@ -38,9 +38,7 @@ class _SymmetricCoupling(AbstractMonotoneLinear):
         return jnp.eye(self.matrix.shape[0], dtype=self.matrix.dtype) - self.matrix
 
     def resolvent(self, alpha):
-        alpha = jnp.asarray(alpha, self.matrix.dtype)
-        eye = jnp.eye(self.matrix.shape[0], dtype=self.matrix.dtype)
-        return _DenseResolvent(alpha, jsl.lu_factor(eye + alpha * self._i_minus_w()))
+        return dense_resolvent(alpha, self._i_minus_w())
 
     def lipschitz(self):
         return jnp.max(jnp.abs(jnp.linalg.eigvalsh(self._i_minus_w())))
