@@ -77,6 +77,8 @@ def _dbm_predict(model, pixels, observed_pixels):
 def _focal(probs, target, gamma=2.0):
     p = jnp.take_along_axis(probs, target[..., None], axis=-1)[..., 0]
     p = jnp.clip(p, 1e-7, 1.0)
+    if gamma == 0:  # (1 - p) ** 0 has a NaN derivative at p = 1
+        return -jnp.log(p)
     return -((1 - p) ** gamma) * jnp.log(p)
 
 
@@ -119,7 +121,7 @@ def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver, gamma=2.0, margi
 
     n = x.shape[0]
     history = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         key, pkey = jr.split(key)
         order = np.asarray(jr.permutation(pkey, n))
         for i in range(0, n - batch + 1, batch):
@@ -129,6 +131,8 @@ def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver, gamma=2.0, margi
                 model, state, jnp.asarray(x[idx]), jnp.asarray(y[idx]), mkey
             )
         history.append((float(loss), float(steps)))
+        if not np.isfinite(history[-1][0]):
+            raise FloatingPointError(f"monotone DBM training diverged at epoch {epoch}")
     return model, history
 
 
@@ -284,11 +288,11 @@ def run_dbm(args) -> dict:
     seed = getattr(args, "seed", 0)
     data = binned_digits(seed)
     cfg = dict(
-        hidden=8 if quick else getattr(args, "hidden", 32),
-        epochs=1 if quick else getattr(args, "epochs", 30),
+        hidden=8 if quick else getattr(args, "dbm_hidden", 32),
+        epochs=1 if quick else getattr(args, "dbm_epochs", 30),
         batch=64,
-        gamma=getattr(args, "gamma", 2.0),
-        margin=getattr(args, "margin", 0.1),
+        gamma=getattr(args, "dbm_gamma", 2.0),
+        margin=getattr(args, "dbm_margin", 0.1),
     )
     solver = jaxdeq.PeacemanRachford(rtol=1e-3, atol=1e-5, alpha=1.0)
     t0 = time.perf_counter()
@@ -329,10 +333,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--gamma", type=float, default=2.0)
-    parser.add_argument("--margin", type=float, default=0.1)
+    parser.add_argument("--dbm-epochs", type=int, default=30)
+    parser.add_argument("--dbm-hidden", type=int, default=32)
+    parser.add_argument("--dbm-gamma", type=float, default=2.0)
+    parser.add_argument("--dbm-margin", type=float, default=0.1)
     parser.add_argument("--skip-rbm", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()

@@ -78,6 +78,16 @@ class AbstractMonotoneLinear(eqx.Module):
         r"""$W$ as a dense $n \times n$ matrix acting on the flattened state
         (`jax.flatten_util.ravel_pytree` order). For tests and small problems."""
 
+    @abc.abstractmethod
+    def prepare(self) -> "AbstractMonotoneLinear":
+        r"""The same operator in the form fastest for many products in one solve.
+
+        For example $W$ materialised once as a matrix (dense) or as one matrix per
+        frequency (convolutional), instead of being rebuilt from its parameters at
+        every product. [`jaxdeq.monotone.solve`][] calls it once per solve, outside
+        the loop, so gradients still reach the parameters. May return `self`.
+        """
+
 
 class AbstractProx(eqx.Module):
     r"""A proximal operator $\operatorname{prox}_{\alpha f}(v) = \arg\min_x
@@ -146,6 +156,9 @@ class Transposed(AbstractMonotoneLinear):
 
     def as_matrix(self):
         return self.operator.as_matrix().T
+
+    def prepare(self):
+        return Transposed(self.operator.prepare())
 
 
 class MonotoneProblem(eqx.Module):

@@ -15,6 +15,7 @@ so that per-frequency matrices act with one `einsum`), and a "transfer" as
 
 import functools
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -493,6 +494,63 @@ class MonotoneConv(AbstractMonotoneLinear):
         basis = jnp.eye(n, dtype=struct.dtype).reshape((n,) + struct.shape)
         return jax.vmap(self.mv)(basis).reshape(n, n).T
 
+    def prepare(self) -> AbstractMonotoneLinear:
+        """$I - \\hat W(\\omega)$ formed once per frequency: each product is then one
+        small matrix per frequency instead of four."""
+        return _ConvSpectrum(
+            self._identity_minus_w(),
+            self.margin,
+            self.channels,
+            self.height,
+            self.width,
+            self.kernel_a.dtype,
+        )
+
+
+class _ConvSpectrum(AbstractMonotoneLinear):
+    """A circular convolution operator stored as I - W per rfft2 frequency."""
+
+    blocks: Complex[Array, "height freqs channels channels"]
+    margin: float = eqx.field(static=True)
+    channels: int = eqx.field(static=True)
+    height: int = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+
+    def in_structure(self):
+        return jax.ShapeDtypeStruct(
+            (self.channels, self.height, self.width), self.dtype
+        )
+
+    def _apply_w(self, z, blocks):
+        x = jnp.moveaxis(jnp.fft.rfft2(z), 0, -1)
+        y = x - _apply(blocks.astype(x.dtype), x)
+        out = jnp.fft.irfft2(jnp.moveaxis(y, -1, 0), s=(self.height, self.width))
+        return out.astype(z.dtype)
+
+    def mv(self, z):
+        return self._apply_w(z, self.blocks)
+
+    def transpose_mv(self, z):
+        return self._apply_w(z, _hermitian(self.blocks))
+
+    def resolvent(self, alpha):
+        _check_alpha(alpha)
+        alpha = jnp.asarray(alpha, self.dtype)
+        matrix = _eye_like(self.blocks) + alpha.astype(self.blocks.dtype) * self.blocks
+        return _ConvResolvent(alpha, jnp.linalg.inv(matrix), self.height, self.width)
+
+    def lipschitz(self):
+        return _max_singular_value(self.blocks)
+
+    def as_matrix(self):
+        n = self.channels * self.height * self.width
+        basis = jnp.eye(n, dtype=self.dtype).reshape((n,) + self.in_structure().shape)
+        return jax.vmap(self.mv)(basis).reshape(n, n).T
+
+    def prepare(self):
+        return self
+
 
 MonotoneConv.__init__.__doc__ = r"""**Arguments:**
 
@@ -880,6 +938,10 @@ class MonotoneMultiConv(AbstractMonotoneLinear):
             return jfu.ravel_pytree(self.mv(unravel(e)))[0]
 
         return jax.vmap(column)(jnp.eye(flat.size, dtype=flat.dtype)).T
+
+    def prepare(self) -> AbstractMonotoneLinear:
+        """`self`: its products are already per-frequency blocks."""
+        return self
 
 
 MonotoneMultiConv.__init__.__doc__ = r"""**Arguments:**

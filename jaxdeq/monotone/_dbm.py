@@ -15,36 +15,8 @@ from .._solver._monotone_problem import AbstractMonotoneLinear, MonotoneProblem
 from .._solver.splitting import PeacemanRachford
 from .._stats import BackwardStats
 from ._categorical import _as_groups, _blocks, GroupSoftmax
-from ._dense import check_margin, dense_resolvent
+from ._dense import check_margin, DenseMatrix
 from ._solve import solve
-
-
-class _SymmetricCoupling(AbstractMonotoneLinear):
-    """A symmetric coupling matrix built with I - W >= margin I."""
-
-    matrix: Float[Array, "n n"]
-    margin: float = eqx.field(static=True)
-
-    def in_structure(self):
-        return jax.ShapeDtypeStruct((self.matrix.shape[0],), self.matrix.dtype)
-
-    def mv(self, z):
-        return self.matrix.astype(z.dtype) @ z
-
-    def transpose_mv(self, z):
-        return self.mv(z)
-
-    def _i_minus_w(self):
-        return jnp.eye(self.matrix.shape[0], dtype=self.matrix.dtype) - self.matrix
-
-    def resolvent(self, alpha):
-        return dense_resolvent(alpha, self._i_minus_w())
-
-    def lipschitz(self):
-        return jnp.max(jnp.abs(jnp.linalg.eigvalsh(self._i_minus_w())))
-
-    def as_matrix(self):
-        return self.matrix
 
 
 def one_hot_groups(
@@ -190,7 +162,7 @@ class MonotoneDBM(eqx.Module):
 
     def operator(self) -> AbstractMonotoneLinear:
         """$W$ as a monotone operator (margin $m$)."""
-        return _SymmetricCoupling(self.coupling(), self.margin)
+        return DenseMatrix(self.coupling(), self.margin)
 
     def problem(
         self,

@@ -146,3 +146,39 @@ class MonotoneLinear(AbstractMonotoneLinear):
 
     def as_matrix(self):
         return jnp.eye(self.B.shape[0], dtype=self.B.dtype) - self._i_minus_w()
+
+    def prepare(self):
+        """$W$ formed once as a matrix: one product per application."""
+        return DenseMatrix(self.as_matrix(), self.margin)
+
+
+class DenseMatrix(AbstractMonotoneLinear):
+    """A monotone operator given as its matrix, whose margin its maker guarantees
+    (the materialised form of the dense parameterisations)."""
+
+    matrix: Float[Array, "n n"]
+    margin: float = eqx.field(static=True)
+
+    def in_structure(self):
+        return jax.ShapeDtypeStruct((self.matrix.shape[0],), self.matrix.dtype)
+
+    def mv(self, z):
+        return self.matrix.astype(z.dtype) @ z
+
+    def transpose_mv(self, z):
+        return self.matrix.T.astype(z.dtype) @ z
+
+    def _i_minus_w(self):
+        return jnp.eye(self.matrix.shape[0], dtype=self.matrix.dtype) - self.matrix
+
+    def resolvent(self, alpha):
+        return dense_resolvent(alpha, self._i_minus_w())
+
+    def lipschitz(self):
+        return jnp.linalg.norm(self._i_minus_w(), ord=2)
+
+    def as_matrix(self):
+        return self.matrix
+
+    def prepare(self):
+        return self

@@ -103,6 +103,7 @@ def solve(
             f"the operator acts on states of shape {shapes}."
         )
     check_step_size(problem, solver)
+    problem = MonotoneProblem(problem.operator.prepare(), problem.prox, problem.bias)
     options = {"problem": problem}
     if isinstance(solver, PeacemanRachford):
         options["resolvent"] = problem.operator.resolvent(solver.step_size(problem))
