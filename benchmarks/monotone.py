@@ -81,7 +81,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Monotone DEQ benchmark (see docstring).")
     p.add_argument("--quick", action="store_true", help="smoke test, < 1 min")
     p.add_argument("--data", help=".npz with x_train, y_train, x_test, y_test")
-    p.add_argument("--sections", help="comma-separated subset of: mondeq")
+    p.add_argument("--sections", help="comma-separated subset of: mondeq,dbm")
     p.add_argument("--epochs", type=int, help="default 40 (quick: 1)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -97,6 +97,14 @@ def parse_args(argv=None):
     p.add_argument("--authors-code", metavar="DIR", help="extracted monotone_op_net")
     p.add_argument("--threads", type=int, default=1, help="for torch and XLA")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dbm-epochs", type=int, default=30)
+    p.add_argument("--dbm-hidden", type=int, default=32)
+    p.add_argument("--dbm-gamma", type=float, default=2.0, help="focal loss exponent")
+    p.add_argument("--dbm-margin", type=float, default=0.1)
+    p.add_argument("--dbm-lr", type=float, default=1e-2)
+    p.add_argument(
+        "--dbm-adjoint", choices=("implicit", "splitting"), default="implicit"
+    )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     cfg = p.parse_args(argv)
     cfg.epochs = cfg.epochs or (1 if cfg.quick else 40)
@@ -861,8 +869,67 @@ def finite(v):
     return v
 
 
+def dbm_markdown(res) -> str:
+    cfg = res["config"]
+    head = (
+        f"Monotone DBM: 64 pixel variables (4 intensity bins), {cfg['hidden']} hidden "
+        f"4-state variables and the label, margin {cfg['margin']}, "
+        f"{cfg['solver']} forward, {cfg['adjoint']} backward, {cfg['epochs']} epochs "
+        f"(adam {cfg['lr']}, focal exponent {cfg['gamma']}). RBM: categorical visible "
+        "units (pixels and label), 128 binary hidden units, CD-1, mean-field "
+        "completion. Both train with each pixel observed with probability 0.4 and "
+        "are evaluated on the same test masks."
+    )
+    lines = []
+    for name, key in (("monotone DBM (jaxdeq)", "monotone_dbm"), ("RBM (CD-1)", "rbm")):
+        r = res[key]
+        lines.append(
+            [
+                name,
+                f"{r['accuracy_all_pixels']:.3f}",
+                f"{r['accuracy_40pct_pixels']:.3f}",
+                f"{r['completion_accuracy']:.3f}",
+                f"{r['train_seconds']:.0f}",
+            ]
+        )
+    lines.append(
+        [
+            "per-pixel majority",
+            "—",
+            "—",
+            f"{res['majority_completion_accuracy']:.3f}",
+            "—",
+        ]
+    )
+    cols = [
+        "model",
+        "classification, all pixels",
+        "classification, 40 % pixels",
+        "completion accuracy (missing pixels)",
+        "train s",
+    ]
+    d = res["monotone_dbm"]
+    tail = (
+        f"Mean-field inference of the monotone DBM: {d['mean_steps']:.1f} "
+        f"Peaceman–Rachford steps per test sample on average, "
+        f"{d['failed_solves']} failed solves. Our earlier small trial "
+        "(references.md §6) reached ≈ 0.92 / ≈ 0.72 classification and ≈ 0.71 "
+        "completion against a 0.676 majority baseline."
+    )
+    return "\n\n".join([head, table(cols, lines), tail])
+
+
+def run_dbm_section(cfg) -> dict:
+    from monotone_dbm import run_dbm
+
+    return run_dbm(cfg)
+
+
 # name -> (run(cfg) -> dict, markdown(dict) -> str); a new section is one line here.
-SECTIONS = {"mondeq": (run_mondeq, mondeq_markdown)}
+SECTIONS = {
+    "mondeq": (run_mondeq, mondeq_markdown),
+    "dbm": (run_dbm_section, dbm_markdown),
+}
 
 
 def main(cfg):

@@ -95,7 +95,19 @@ def _loss(model, pixels, labels, observed_pixels, gamma):
     return 0.5 * focal + 0.5 * ce, sol.stats["num_steps"]
 
 
-def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver, gamma=2.0, margin=0.1):
+def train_dbm(
+    data,
+    *,
+    hidden,
+    epochs,
+    batch,
+    lr,
+    seed,
+    solver,
+    gamma=2.0,
+    margin=0.1,
+    adjoint=None,
+):
     x, y, _, _ = data
     key = jr.PRNGKey(seed)
     mkey, key = jr.split(key)
@@ -103,7 +115,7 @@ def train_dbm(data, *, hidden, epochs, batch, lr, seed, solver, gamma=2.0, margi
         dbm_groups(hidden),
         margin=margin,
         solver=solver,
-        adjoint=jaxdeq.SplittingAdjoint(rtol=1e-4, max_steps=500),
+        adjoint=adjoint or jaxdeq.SplittingAdjoint(rtol=1e-4, max_steps=500),
         max_steps=200,
         key=mkey,
     )
@@ -293,15 +305,21 @@ def run_dbm(args) -> dict:
         batch=64,
         gamma=getattr(args, "dbm_gamma", 2.0),
         margin=getattr(args, "dbm_margin", 0.1),
+        lr=getattr(args, "dbm_lr", 1e-2),
     )
     solver = jaxdeq.PeacemanRachford(rtol=1e-3, atol=1e-5, alpha=1.0)
     t0 = time.perf_counter()
-    dbm, history = train_dbm(data, lr=1e-2, seed=seed, solver=solver, **cfg)
+    adjoint_name = getattr(args, "dbm_adjoint", "implicit")
+    adjoint = {
+        "splitting": jaxdeq.SplittingAdjoint(rtol=1e-4, max_steps=500),
+        "implicit": jaxdeq.ImplicitAdjoint(),
+    }[adjoint_name]
+    dbm, history = train_dbm(data, seed=seed, solver=solver, adjoint=adjoint, **cfg)
     dbm_time = time.perf_counter() - t0
     dbm_eval = evaluate_dbm(dbm, data, seed)
     mask = dbm_eval.pop("mask")
     if getattr(args, "skip_rbm", False):
-        return {"config": cfg, "monotone_dbm": dbm_eval}
+        return {"config": {**cfg, "adjoint": adjoint_name}, "monotone_dbm": dbm_eval}
     t0 = time.perf_counter()
     rbm = train_rbm(
         data,
@@ -337,6 +355,10 @@ if __name__ == "__main__":
     parser.add_argument("--dbm-hidden", type=int, default=32)
     parser.add_argument("--dbm-gamma", type=float, default=2.0)
     parser.add_argument("--dbm-margin", type=float, default=0.1)
+    parser.add_argument("--dbm-lr", type=float, default=1e-2)
+    parser.add_argument(
+        "--dbm-adjoint", choices=("implicit", "splitting"), default="implicit"
+    )
     parser.add_argument("--skip-rbm", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()

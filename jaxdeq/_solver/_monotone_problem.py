@@ -199,5 +199,7 @@ class MonotoneProblem(eqx.Module):
         return jtu.tree_map(jnp.add, self.operator.mv(z), self.bias)
 
     def __call__(self, z: PyTree[Array], args: PyTree = None) -> PyTree[Array]:
+        r"""The fixed-point map $\operatorname{prox}_f(W z + b)$ (`args` is
+        ignored)."""
         del args
         return self.prox(self.pre_activation(z), 1.0)
