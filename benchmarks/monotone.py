@@ -99,7 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dbm-epochs", type=int, default=30)
     p.add_argument("--dbm-hidden", type=int, default=32)
-    p.add_argument("--dbm-gamma", type=float, default=2.0, help="focal loss exponent")
+    p.add_argument("--dbm-gamma", type=float, default=0.0, help="focal exponent")
+    p.add_argument("--dbm-pixel-weight", type=float, default=0.9)
     p.add_argument("--dbm-margin", type=float, default=0.1)
     p.add_argument("--dbm-lr", type=float, default=1e-2)
     p.add_argument(
@@ -875,7 +876,9 @@ def dbm_markdown(res) -> str:
         f"Monotone DBM: 64 pixel variables (4 intensity bins), {cfg['hidden']} hidden "
         f"4-state variables and the label, margin {cfg['margin']}, "
         f"{cfg['solver']} forward, {cfg['adjoint']} backward, {cfg['epochs']} epochs "
-        f"(adam {cfg['lr']}, focal exponent {cfg['gamma']}). RBM: categorical visible "
+        f"(adam {cfg['lr']}, loss {cfg['pixel_weight']} x focal loss with exponent "
+        f"{cfg['gamma']} on the missing pixels + {1 - cfg['pixel_weight']:.1f} x "
+        "cross-entropy on the label). RBM: categorical visible "
         "units (pixels and label), 128 binary hidden units, CD-1, mean-field "
         "completion. Both train with each pixel observed with probability 0.4 and "
         "are evaluated on the same test masks."
