@@ -152,6 +152,21 @@ class MonotoneLinear(AbstractMonotoneLinear):
         return DenseMatrix(self.as_matrix(), self.margin)
 
 
+MonotoneLinear.__init__.__doc__ = r"""**Arguments:**
+
+- `size`: the state size $n$.
+- `margin`: $m > 0$, the monotonicity margin (a Python float).
+- `rank`: the number of rows of $A$ (default $n$).
+- `key`: a JAX PRNG key for the initialisation ($A$ and $B$ start small, so $W$
+    starts near $(1 - m) I$).
+- `dtype`: the parameters' dtype (default float32, or float64 with x64 on).
+
+**Raises:**
+
+`ValueError`/`TypeError` for a non-positive margin or a bad size.
+"""
+
+
 class DenseMatrix(AbstractMonotoneLinear):
     """A monotone operator given as its matrix, whose margin its maker guarantees
     (the materialised form of the dense parameterisations)."""
