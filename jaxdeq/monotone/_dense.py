@@ -64,20 +64,8 @@ class MonotoneLinear(AbstractMonotoneLinear):
     fixed point for every input and every parameter value. The resolvent is formed once
     per solve.
 
-    **Arguments:**
-
-    - `size`: the state size $n$.
-    - `margin`: $m > 0$, the monotonicity margin (a Python float).
-    - `rank`: the number of rows of $A$ (default $n$).
-    - `key`: a JAX PRNG key for the initialisation.
-    - `dtype`: the parameters' dtype (default float32, or float64 with x64 on).
-
     Fields `A` ($r \times n$) and `B` ($n \times n$) can be replaced with
     `equinox.tree_at` to set given weights.
-
-    **Raises:**
-
-    `ValueError`/`TypeError` for a non-positive margin or a bad size.
     """
         + _CITE
     )
