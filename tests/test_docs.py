@@ -136,6 +136,13 @@ def test_documented_objects_have_docstrings():
         assert (obj.__doc__ or "").strip(), (
             f"{path.relative_to(_ROOT)}: `{name}` has no docstring."
         )
+        # A dataclass without a docstring gets its signature as __doc__ (e.g. when
+        # the "docstring" is an expression such as a concatenation).
+        short = name.rsplit(".", 1)[-1]
+        assert not (obj.__doc__ or "").startswith(f"{short}("), (
+            f"{path.relative_to(_ROOT)}: `{name}` has only a generated docstring; "
+            "its class body must start with a string literal."
+        )
         for member in members or []:
             doc = (getattr(obj, member).__doc__ or "").strip()
             # Dataclass-style __init__s inherit object.__init__'s placeholder.

@@ -23,28 +23,6 @@ from .._misc import (
 from ._monotone_problem import AbstractResolvent, MonotoneProblem
 
 
-_CITE = r"""
-    ??? cite "References"
-
-        ```bibtex
-        @inproceedings{winston2020monotone,
-            author = {Winston, Ezra and Kolter, J. Zico},
-            title = {Monotone operator equilibrium networks},
-            booktitle = {Advances in Neural Information Processing Systems},
-            year = {2020},
-        }
-
-        @book{ryu2022large,
-            author = {Ryu, Ernest K. and Yin, Wotao},
-            title = {Large-Scale Convex Optimization: Algorithms and Analyses via
-                     Monotone Operators},
-            publisher = {Cambridge University Press},
-            year = {2022},
-        }
-        ```
-"""
-
-
 def get_problem(name: str, options: dict[str, Any] | None) -> MonotoneProblem:
     problem = (options or {}).get("problem")
     if not isinstance(problem, MonotoneProblem):
@@ -167,8 +145,7 @@ def forward_backward_bound(problem: MonotoneProblem) -> Scalar:
 
 
 class ForwardBackward(_AbstractSplitting):
-    (
-        r"""Forward–backward splitting for the monotone fixed point
+    r"""Forward–backward splitting for the monotone fixed point
     $z = \operatorname{prox}_f(W z + b)$.
 
     Iterates $z \leftarrow \operatorname{prox}_{\alpha f}\big((1 - \alpha) z + \alpha
@@ -184,9 +161,25 @@ class ForwardBackward(_AbstractSplitting):
     [`jaxdeq.monotone.MonotoneProblem`][]); `fn` must be that problem's map. Stops at
     the first iterate with $\|f(z) - z\| \le \mathrm{atol} + \mathrm{rtol}\|f(z)\|$
     and returns it. Two products with $W$ per step (one for the residual).
+    ??? cite "References"
+
+        ```bibtex
+        @inproceedings{winston2020monotone,
+            author = {Winston, Ezra and Kolter, J. Zico},
+            title = {Monotone operator equilibrium networks},
+            booktitle = {Advances in Neural Information Processing Systems},
+            year = {2020},
+        }
+
+        @book{ryu2022large,
+            author = {Ryu, Ernest K. and Yin, Wotao},
+            title = {Large-Scale Convex Optimization: Algorithms and Analyses via
+                     Monotone Operators},
+            publisher = {Cambridge University Press},
+            year = {2022},
+        }
+        ```
     """
-        + _CITE
-    )
 
     rtol: float
     atol: float
@@ -218,8 +211,7 @@ class ForwardBackward(_AbstractSplitting):
 
 
 class PeacemanRachford(_AbstractSplitting):
-    (
-        r"""Peaceman–Rachford splitting for the monotone fixed point
+    r"""Peaceman–Rachford splitting for the monotone fixed point
     $z = \operatorname{prox}_f(W z + b)$.
 
     With the resolvent $V = (I + \alpha (I - W))^{-1}$, factorised once per solve,
@@ -243,9 +235,25 @@ class PeacemanRachford(_AbstractSplitting):
     shared factorisation instead of one per sample, as
     [`jaxdeq.monotone.solve`][] does. Stops at the first iterate with
     $\|f(z) - z\| \le \mathrm{atol} + \mathrm{rtol}\|f(z)\|$ and returns it.
+    ??? cite "References"
+
+        ```bibtex
+        @inproceedings{winston2020monotone,
+            author = {Winston, Ezra and Kolter, J. Zico},
+            title = {Monotone operator equilibrium networks},
+            booktitle = {Advances in Neural Information Processing Systems},
+            year = {2020},
+        }
+
+        @book{ryu2022large,
+            author = {Ryu, Ernest K. and Yin, Wotao},
+            title = {Large-Scale Convex Optimization: Algorithms and Analyses via
+                     Monotone Operators},
+            publisher = {Cambridge University Press},
+            year = {2022},
+        }
+        ```
     """
-        + _CITE
-    )
 
     rtol: float
     atol: float

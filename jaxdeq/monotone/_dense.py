@@ -7,20 +7,6 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 from .._solver._monotone_problem import AbstractMonotoneLinear, AbstractResolvent
 
 
-_CITE = r"""
-    ??? cite "References"
-
-        ```bibtex
-        @inproceedings{winston2020monotone,
-            author = {Winston, Ezra and Kolter, J. Zico},
-            title = {Monotone operator equilibrium networks},
-            booktitle = {Advances in Neural Information Processing Systems},
-            year = {2020},
-        }
-        ```
-"""
-
-
 def check_margin(name: str, margin: float) -> None:
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise TypeError(f"{name}: `margin` must be a Python float, got {margin!r}.")
@@ -56,8 +42,7 @@ def dense_resolvent(alpha, i_minus_w: Array) -> _DenseResolvent:
 
 
 class MonotoneLinear(AbstractMonotoneLinear):
-    (
-        r"""A dense monotone weight $W = (1 - m) I - A^\top A + B - B^\top$.
+    r"""A dense monotone weight $W = (1 - m) I - A^\top A + B - B^\top$.
 
     Its symmetric part satisfies $\operatorname{sym}(I - W) = m I + A^\top A \succeq
     m I$ for every $A$ and $B$, so a monotone DEQ with this weight has exactly one
@@ -66,9 +51,17 @@ class MonotoneLinear(AbstractMonotoneLinear):
 
     Fields `A` ($r \times n$) and `B` ($n \times n$) can be replaced with
     `equinox.tree_at` to set given weights.
+    ??? cite "References"
+
+        ```bibtex
+        @inproceedings{winston2020monotone,
+            author = {Winston, Ezra and Kolter, J. Zico},
+            title = {Monotone operator equilibrium networks},
+            booktitle = {Advances in Neural Information Processing Systems},
+            year = {2020},
+        }
+        ```
     """
-        + _CITE
-    )
 
     A: Float[Array, "rank n"]
     B: Float[Array, "n n"]
