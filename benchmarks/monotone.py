@@ -884,8 +884,15 @@ def dbm_markdown(res) -> str:
         "are evaluated on the same test masks."
     )
     lines = []
-    for name, key in (("monotone DBM (jaxdeq)", "monotone_dbm"), ("RBM (CD-1)", "rbm")):
-        r = res[key]
+    rows = (
+        ("monotone DBM (jaxdeq)", "monotone_dbm"),
+        ("monotone DBM, the paper's loss", "monotone_dbm_paper_loss"),
+        ("RBM (CD-1)", "rbm"),
+    )
+    for name, key in rows:
+        r = res.get(key)
+        if r is None:
+            continue
         lines.append(
             [
                 name,
