@@ -321,3 +321,12 @@ def test_tune_step_size(getkey):
     with pytest.raises(TypeError, match="PeacemanRachford"):
         fb = eqx.tree_at(lambda m: m.solver, layer, jaxdeq.Anderson(1e-6, 1e-6))
         monotone.tune_step_size(fb, x)
+
+
+def test_peaceman_rachford_takes_the_step_of_a_given_resolvent(getkey):
+    problem = _problem(getkey())
+    options = {"problem": problem, "resolvent": problem.operator.resolvent(0.3)}
+    solver = jaxdeq.PeacemanRachford(rtol=1e-11, atol=1e-12)
+    sol = optx.fixed_point(lambda z, p: p(z), solver, jnp.zeros(N), problem, options)
+    np.testing.assert_allclose(float(sol.state.alpha), 0.3, rtol=1e-12)
+    np.testing.assert_allclose(problem(sol.value), sol.value, atol=1e-10)

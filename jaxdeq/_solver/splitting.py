@@ -161,6 +161,7 @@ class ForwardBackward(_AbstractSplitting):
     [`jaxdeq.monotone.MonotoneProblem`][]); `fn` must be that problem's map. Stops at
     the first iterate with $\|f(z) - z\| \le \mathrm{atol} + \mathrm{rtol}\|f(z)\|$
     and returns it. Two products with $W$ per step (one for the residual).
+
     ??? cite "References"
 
         ```bibtex
@@ -235,6 +236,7 @@ class PeacemanRachford(_AbstractSplitting):
     shared factorisation instead of one per sample, as
     [`jaxdeq.monotone.solve`][] does. Stops at the first iterate with
     $\|f(z) - z\| \le \mathrm{atol} + \mathrm{rtol}\|f(z)\|$ and returns it.
+
     ??? cite "References"
 
         ```bibtex
@@ -278,10 +280,15 @@ class PeacemanRachford(_AbstractSplitting):
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
         del fn, args, aux_struct, tags
         problem = get_problem(self._name, options)
-        alpha = self.step_size(problem)
         if "resolvent" in options:
+            # The step must be the resolvent's, or the iteration has the wrong fixed
+            # point; with a fixed `alpha` the caller built the resolvent for it.
             resolvent = None
+            alpha = self.alpha
+            if alpha is None:
+                alpha = options["resolvent"].alpha
         else:
+            alpha = self.step_size(problem)
             resolvent = problem.operator.resolvent(alpha)
         return self._new_state(y, f_struct, y, resolvent, alpha, jnp.inf)
 

@@ -51,6 +51,7 @@ class MonotoneLinear(AbstractMonotoneLinear):
 
     Fields `A` ($r \times n$) and `B` ($n \times n$) can be replaced with
     `equinox.tree_at` to set given weights.
+
     ??? cite "References"
 
         ```bibtex
