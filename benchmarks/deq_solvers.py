@@ -91,6 +91,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import lineax as lx  # noqa: E402
 import optimistix as optx  # noqa: E402
+from _common import torch_peak_bytes  # noqa: E402
 
 
 def optional(name):
@@ -325,24 +326,6 @@ def torch_solvers(cfg):
         "torchdeq.broyden": "bench_broyden",
         "torchdeq.fixed_point_iter": "fixed_point_iter",
     }
-
-
-def torch_peak_bytes(fn):
-    """Peak of net CPU-allocator bytes during fn(), from profiler memory events."""
-    from torch.profiler import profile, ProfilerActivity
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    try:
-        events = prof.profiler.kineto_results.events()
-    except AttributeError:
-        return None
-    live = peak = 0
-    memory = [e for e in events if e.name() == "[memory]"]
-    for e in sorted(memory, key=lambda e: e.start_ns()):
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def run_torch(name, key, prob, cfg):

@@ -132,6 +132,7 @@ import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _common import torch_peak_bytes  # noqa: E402
 
 import jaxdeq  # noqa: E402
 import jaxdeq.data  # noqa: E402
@@ -493,24 +494,6 @@ def load_authors(directory):
     return torch, mon, splitting
 
 
-def torch_peak_bytes(torch, fn):
-    """Peak of net CPU-allocator bytes during fn(), from profiler memory events."""
-    from torch.profiler import profile, ProfilerActivity
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    try:
-        events = prof.profiler.kineto_results.events()
-    except AttributeError:
-        return None
-    live = peak = 0
-    memory = [e for e in events if e.name() == "[memory]"]
-    for e in sorted(memory, key=lambda e: e.start_ns()):
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
 def run_authors(cfg, model, x_te, ours, ref):
     """Their fully connected monDEQ with our trained dense weights; rows."""
     if not cfg.authors_code:
@@ -556,7 +539,7 @@ def run_authors(cfg, model, x_te, ours, ref):
                 with torch.no_grad():
                     return sp(x)[0]
 
-            mem = torch_peak_bytes(torch, forward)
+            mem = torch_peak_bytes(forward)
             times, z = timeit(forward, cfg.repeats)
             iters = int(sp.stats.fwd_iters.val)
             z = z.double().numpy()

@@ -138,12 +138,12 @@ class MonotoneDBM(eqx.Module):
     @property
     def size(self) -> int:
         """The number of units $n$."""
-        return sum(count * size for count, size in self.groups)
+        return GroupSoftmax(self.groups).size
 
     @property
     def num_groups(self) -> int:
         """The number of groups (categorical variables)."""
-        return sum(count for count, _ in self.groups)
+        return GroupSoftmax(self.groups).num_groups
 
     def coupling(self) -> Float[Array, "n n"]:
         """The coupling matrix $W$ (symmetric, zero within groups)."""
