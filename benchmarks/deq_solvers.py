@@ -51,12 +51,10 @@ Peers that are not installed (jaxopt, torch, torchdeq, jaxdeq) are skipped.
 
 import argparse
 import functools as ft
-import hashlib
 import importlib
 import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -87,6 +85,7 @@ if CFG is not None and CFG.threads == 1:  # must be set before jax is imported
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     os.environ["XLA_FLAGS"] = flags
 
+import _common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import lineax as lx  # noqa: E402
@@ -614,36 +613,22 @@ def markdown(rows):
 
 
 def versions():
-    out = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax_backend": jax.default_backend(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "loadavg_at_start": os.getloadavg(),
-    }
-    for pkg in (
-        "jax",
-        "jaxlib",
-        "optimistix",
-        "lineax",
-        "equinox",
-        "numpy",
-        "jaxopt",
-        "torch",
-        "torchdeq",
-        "jaxdeq",
-    ):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    if jaxdeq:  # the library is work in progress: identify the exact source measured
-        digest = hashlib.sha256()
-        for f in sorted(Path(jaxdeq.__file__).parent.rglob("*.py")):
-            digest.update(f.read_bytes())
-        out["jaxdeq_source_sha256"] = digest.hexdigest()
-    return out
+    return _common.versions(
+        (
+            "jax",
+            "jaxlib",
+            "optimistix",
+            "lineax",
+            "equinox",
+            "numpy",
+            "jaxopt",
+            "torch",
+            "torchdeq",
+            "jaxdeq",
+        ),
+        jax,
+        jaxdeq or None,
+    )
 
 
 def main(cfg):

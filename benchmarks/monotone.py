@@ -63,13 +63,11 @@ time), so only the dense model is compared.
 
 import argparse
 import dataclasses
-import hashlib
 import importlib
 import importlib.metadata
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -127,6 +125,7 @@ if CFG is not None:  # must be set before numpy and jax are imported
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(CFG.threads))
 
+import _common  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
@@ -813,33 +812,11 @@ def compare_sentence(res):
 
 # -------------------------------------------------------------------------- driver
 def versions():
-    out = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax_backend": jax.default_backend(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "loadavg_at_start": os.getloadavg(),
-    }
-    for pkg in (
-        "jax",
-        "jaxlib",
-        "equinox",
-        "optimistix",
-        "optax",
-        "numpy",
-        "torch",
-        "jaxdeq",
-    ):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    digest = hashlib.sha256()
-    for f in sorted(Path(jaxdeq.__file__).parent.rglob("*.py")):
-        digest.update(f.read_bytes())
-    out["jaxdeq_source_sha256"] = digest.hexdigest()
-    return out
+    return _common.versions(
+        ("jax", "jaxlib", "equinox", "optimistix", "optax", "numpy", "torch", "jaxdeq"),
+        jax,
+        jaxdeq,
+    )
 
 
 def finite(v):

@@ -84,13 +84,12 @@ class SplittingAdjoint(AbstractDEQAdjoint):
         back_options = {"problem": back}
         if isinstance(solver, PeacemanRachford):
             forward_resolvent = options.get("resolvent")
-            alpha = solver.step_size(back)
             if forward_resolvent is not None and solver.alpha == getattr(
                 forward_solver, "alpha", False
             ):
                 back_options["resolvent"] = _TransposedResolvent(forward_resolvent)
             else:
-                back_options["resolvent"] = operator.resolvent(alpha)
+                back_options["resolvent"] = operator.resolvent(solver.step_size(back))
         sol = optx.fixed_point(
             back,
             solver,

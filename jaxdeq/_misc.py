@@ -132,3 +132,17 @@ def stopping(converged, diverged, nonfinite) -> tuple[Array, optx.RESULTS]:
     )
     result = optx.RESULTS.where(nonfinite, optx.RESULTS.nonfinite, result)
     return converged | diverged | nonfinite, result
+
+
+def check_margin(name: str, margin: float) -> None:
+    """A monotonicity margin: a Python number > 0 (the m in I - W >= m I)."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(
+            f"{name}: `margin` must be a Python float, got {type(margin).__name__}. "
+            "Pass e.g. `margin=0.5`; it is a fixed hyperparameter, not a parameter."
+        )
+    if not margin > 0:
+        raise ValueError(
+            f"{name}: `margin` must be > 0 (it is the m in I - W >= m I that makes "
+            f"the fixed point unique), got {margin!r}. Use e.g. margin=0.5."
+        )

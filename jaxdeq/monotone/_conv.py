@@ -25,24 +25,12 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Complex, Float, PRNGKeyArray, Scalar
 
+from .._misc import check_margin
 from .._solver._monotone_problem import AbstractMonotoneLinear, AbstractResolvent
 
 
 # ----------------------------------------------------------------------------------
 # Validation
-
-
-def _check_margin(cls: str, margin) -> None:
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(
-            f"{cls}: `margin` must be a Python float, got {type(margin).__name__}. "
-            "Pass e.g. `margin=0.5`; it is a fixed hyperparameter, not a parameter."
-        )
-    if not margin > 0:
-        raise ValueError(
-            f"{cls}: `margin` must be positive (the strong monotonicity margin m in "
-            f"I - W >= m I), got {margin}. Pass a value such as `margin=0.5`."
-        )
 
 
 def _check_positive_int(cls: str, name: str, value) -> None:
@@ -86,7 +74,7 @@ def _check_kernel(cls: str, name: str, kernel, shape: tuple[int, ...]) -> None:
 
 def _check_conv_config(margin, channels, hidden_channels, height, width, k) -> None:
     cls = "MonotoneConv"
-    _check_margin(cls, margin)
+    check_margin(cls, margin)
     _check_positive_int(cls, "channels", channels)
     _check_positive_int(cls, "hidden_channels", hidden_channels)
     _check_positive_int(cls, "height", height)
@@ -96,7 +84,7 @@ def _check_conv_config(margin, channels, hidden_channels, height, width, k) -> N
 
 def _check_multi_config(margin, channels, height, width, k) -> None:
     cls = "MonotoneMultiConv"
-    _check_margin(cls, margin)
+    check_margin(cls, margin)
     if not isinstance(channels, tuple) or len(channels) == 0:
         raise ValueError(
             f"{cls}: `channels` must be a tuple with one entry per tier, got "

@@ -4,18 +4,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jax.scipy.linalg as jsl
 import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .._adjoint_splitting import SplittingAdjoint
-from .._misc import check_positive_int
+from .._misc import check_margin, check_positive_int
 from .._solver._monotone_problem import AbstractMonotoneLinear, MonotoneProblem
 from .._solver.splitting import PeacemanRachford
 from .._stats import BackwardStats
 from ._categorical import _as_groups, _blocks, GroupSoftmax
-from ._dense import check_margin, DenseMatrix
+from ._dense import DenseMatrix
 from ._solve import solve
 
 
@@ -148,15 +147,14 @@ class MonotoneDBM(eqx.Module):
     def coupling(self) -> Float[Array, "n n"]:
         """The coupling matrix $W$ (symmetric, zero within groups)."""
         gram = self.A.T @ self.A
-        blocks = []
         block_norm = jnp.zeros((), gram.dtype)
         for start, count, size in _blocks(self.groups):
             stop = start + count * size
             a = self.A[:, start:stop].reshape(self.A.shape[0], count, size)
             a = jnp.moveaxis(a, 1, 0)  # (count, rank, size)
             block_norm = jnp.maximum(block_norm, jnp.max(jnp.linalg.norm(a, 2, (1, 2))))
-            blocks.append(np.kron(np.eye(count), np.ones((size, size))))
-        mask = jsl.block_diag(*blocks).astype(bool)
+        ids = GroupSoftmax(self.groups).group_ids
+        mask = ids[:, None] == ids[None, :]
         s = jnp.minimum(1, (1 - self.margin) / jnp.maximum(block_norm**2, 1e-30))
         return -s * jnp.where(mask, 0, gram)
 

@@ -4,17 +4,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
+from .._misc import check_margin
 from .._solver._monotone_problem import AbstractMonotoneLinear, AbstractResolvent
-
-
-def check_margin(name: str, margin: float) -> None:
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"{name}: `margin` must be a Python float, got {margin!r}.")
-    if not margin > 0:
-        raise ValueError(
-            f"{name}: `margin` must be > 0 (it is the m in I - W >= m I that makes the "
-            f"fixed point unique), got {margin!r}. Use e.g. margin=0.5."
-        )
 
 
 class _DenseResolvent(AbstractResolvent):

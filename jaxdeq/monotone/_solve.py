@@ -30,10 +30,10 @@ def check_step_size(problem: MonotoneProblem, solver: Any) -> None:
         return
     with jax.ensure_compile_time_eval():
         bound = forward_backward_bound(problem)
-        lipschitz = problem.operator.lipschitz()
-    if not _is_concrete((bound, lipschitz)):
+    if not _is_concrete(bound):
         return
     bound = float(bound)
+    lipschitz = (2 * problem.operator.margin / bound) ** 0.5
     if solver.alpha > bound:
         raise ValueError(
             f"ForwardBackward: step size alpha={solver.alpha} exceeds the convergent "
