@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import monotone as monotone
+from . import monotone as monotone, ode as ode
 from ._adjoint import (
     AbstractDEQAdjoint as AbstractDEQAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
@@ -22,7 +22,10 @@ from ._solver import (
     Anderson as Anderson,
     Broyden as Broyden,
     ForwardBackward as ForwardBackward,
+    Homotopy as Homotopy,
+    homotopy_path as homotopy_path,
     PeacemanRachford as PeacemanRachford,
+    SteadyState as SteadyState,
 )
 from ._stats import BackwardStats as BackwardStats
 

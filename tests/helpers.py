@@ -5,6 +5,7 @@ Adding a solver to `fixed_point_solvers` puts it through the whole battery.
 
 import math
 
+import diffrax
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
@@ -20,8 +21,25 @@ fixed_point_solvers = (
     jaxdeq.Anderson(rtol=TOL, atol=TOL, memory=3, damping=0.7),
     jaxdeq.Broyden(rtol=TOL, atol=TOL),
     jaxdeq.Broyden(rtol=TOL, atol=TOL, memory=4, line_search=True),
+    jaxdeq.Homotopy(rtol=TOL, atol=TOL),
+    jaxdeq.Homotopy(
+        rtol=TOL,
+        atol=TOL,
+        kind="newton",
+        parametrisation="lambda",
+        predictor=diffrax.Heun(),
+        linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12),
+    ),
+    jaxdeq.SteadyState(rtol=TOL, atol=TOL),
 )
-root_finders = tuple(s for s in fixed_point_solvers if isinstance(s, jaxdeq.Broyden))
+# The fixed-point homotopy needs a map into a bounded set (a DEQ cell) to be sure of
+# arriving; general root problems get the Newton homotopy.
+root_finders = tuple(
+    s
+    for s in fixed_point_solvers
+    if isinstance(s, jaxdeq.Broyden)
+    or (isinstance(s, jaxdeq.Homotopy) and s.kind == "newton")
+)
 
 implicit_adjoints = (
     jaxdeq.ImplicitAdjoint(),

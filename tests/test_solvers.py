@@ -105,8 +105,10 @@ def test_vmap_equals_loop(solver, getkey):
         single = solve(x)
         np.testing.assert_allclose(batched.value[i], single.value, rtol=0, atol=1e-13)
         assert batched.stats["num_steps"][i] == single.stats["num_steps"]
+        # Values agree to 1e-13; an adaptive integrator (SteadyState) may then take
+        # its last step a little differently, moving a 1e-10 residual by ~1e-14.
         np.testing.assert_allclose(
-            batched.stats["rel_residual"][i], single.stats["rel_residual"], atol=1e-14
+            batched.stats["rel_residual"][i], single.stats["rel_residual"], atol=1e-13
         )
 
 

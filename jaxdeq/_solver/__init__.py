@@ -1,6 +1,8 @@
 from .anderson import Anderson as Anderson
 from .broyden import Broyden as Broyden
+from .homotopy import Homotopy as Homotopy, homotopy_path as homotopy_path
 from .splitting import (
     ForwardBackward as ForwardBackward,
     PeacemanRachford as PeacemanRachford,
 )
+from .steady_state import SteadyState as SteadyState
