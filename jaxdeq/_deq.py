@@ -349,7 +349,9 @@ DEQ.__init__.__doc__ = r"""**Arguments:**
     array field, so optimisers see it, but its gradient is zero under jaxdeq's
     adjoints (the fixed point does not depend on where the solve starts).
 - `solver`: the forward solver (default `jaxdeq.Anderson(rtol=1e-4, atol=1e-6)`); any
-    optimistix fixed-point solver or root finder.
+    optimistix fixed-point solver or root finder, e.g. [`jaxdeq.SteadyState`][] (the
+    equilibrium as the steady state of $dz/dt = f(z, x) - z$) or
+    [`jaxdeq.Homotopy`][] (homotopy continuation, for hard starts).
 - `adjoint`: the backward mode (default [`jaxdeq.ImplicitAdjoint`][]).
 - `max_steps`: the forward step budget.
 - `throw`: whether a failed solve raises. Default `False`: in training, failures are

@@ -22,6 +22,14 @@ fixed_point_solvers = (
     jaxdeq.Broyden(rtol=TOL, atol=TOL),
     jaxdeq.Broyden(rtol=TOL, atol=TOL, memory=4, line_search=True),
     jaxdeq.Homotopy(rtol=TOL, atol=TOL),
+    jaxdeq.SteadyState(rtol=TOL, atol=TOL),
+)
+# The fixed-point homotopy needs a map into a bounded set (a DEQ cell) to be sure of
+# arriving; general root problems get the Newton homotopy (tested with the Heun
+# predictor and matrix-free GMRES solves, the cheap end of its options).
+root_finders = tuple(
+    s for s in fixed_point_solvers if isinstance(s, jaxdeq.Broyden)
+) + (
     jaxdeq.Homotopy(
         rtol=TOL,
         atol=TOL,
@@ -30,15 +38,6 @@ fixed_point_solvers = (
         predictor=diffrax.Heun(),
         linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12),
     ),
-    jaxdeq.SteadyState(rtol=TOL, atol=TOL),
-)
-# The fixed-point homotopy needs a map into a bounded set (a DEQ cell) to be sure of
-# arriving; general root problems get the Newton homotopy.
-root_finders = tuple(
-    s
-    for s in fixed_point_solvers
-    if isinstance(s, jaxdeq.Broyden)
-    or (isinstance(s, jaxdeq.Homotopy) and s.kind == "newton")
 )
 
 implicit_adjoints = (

@@ -330,3 +330,23 @@ def test_steady_state_counts_every_evaluation(solver):
     sol = jax.jit(lambda w: optx.fixed_point(fn, solver, jnp.zeros(4), w))(w)
     jax.block_until_ready(sol.value)
     assert sol.state.num_fn_evals == len(calls)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        jaxdeq.Homotopy(rtol=1e-10, atol=1e-12),
+        jaxdeq.SteadyState(rtol=1e-10, atol=1e-12),
+    ],
+)
+def test_aux_and_pytree_state(solver):
+    # f on a pytree with an auxiliary output: x = cos(y), y = x / 2.
+    def fn(z, _):
+        return {"x": jnp.cos(z["y"]), "y": z["x"] / 2}, {"norm": jnp.abs(z["x"])}
+
+    z0 = {"x": jnp.array(1.0), "y": jnp.array(0.0)}
+    sol = optx.fixed_point(fn, solver, z0, has_aux=True, max_steps=500)
+    x = sol.value["x"]
+    np.testing.assert_allclose(x, jnp.cos(x / 2), atol=1e-10)
+    np.testing.assert_allclose(sol.value["y"], x / 2, atol=1e-10)
+    assert set(sol.aux) == {"norm"}

@@ -60,7 +60,7 @@ def _homotopy(kind: str, g: Callable, z0: Array, g0: Array) -> Callable:
 
 
 def _unit(v: Array) -> Array:
-    return v / jnp.sqrt(jnp.sum(jnp.abs(v) ** 2))
+    return v / jnp.sqrt(jnp.sum(jnp.abs(v) ** 2)).astype(v.dtype)
 
 
 class _Path(eqx.Module):
@@ -78,7 +78,7 @@ class _Path(eqx.Module):
     linear_solver: lx.AbstractLinearSolver
 
     def residual(self, y):
-        return self.h(y[:-1], y[-1] / self.scale)
+        return self.h(y[:-1], y[-1] / self.scale.astype(y.dtype))
 
     def solve(self, y, r, rhs_h, rhs_r):
         def bordered(v, _):
@@ -137,6 +137,13 @@ def _one_step(term, predictor, s0, s1, y, r):
     Called through the solver's own `init`/`step` rather than `diffeqsolve`: a single
     fixed step needs no step-size control, and this compiles several times faster.
     """
+    if getattr(predictor, "scan_kind", "") is None:
+        # Stages in a loop that both forward and reverse mode can go through, for when
+        # the solver itself is differentiated (an unrolled adjoint), as DirectAdjoint
+        # arranges inside diffrax.
+        predictor = eqx.tree_at(
+            lambda p: p.scan_kind, predictor, "bounded", is_leaf=lambda v: v is None
+        )
     solver_state = predictor.init(term, s0, s1, y, r)
     y1, y_error, _, _, _ = predictor.step(term, s0, s1, y, r, solver_state, False)
     if y_error is None:
@@ -305,6 +312,14 @@ class Homotopy(optx.AbstractRootFinder):
                 f"{self.corrector_tol!r}. Use e.g. 1e-3."
             )
 
+    def _arclength(self, dtype) -> bool:
+        # A complex state is followed in λ: with z complex and λ real the curve
+        # generically misses the singular Jacobians that arclength goes round (their
+        # real codimension is two), and stepping in λ keeps λ real.
+        return self.parametrisation == "arclength" and not jnp.issubdtype(
+            dtype, jnp.complexfloating
+        )
+
     def _path(self, fn, y, args, z0, g0, scale):
         dtype = z0.dtype
 
@@ -322,13 +337,13 @@ class Homotopy(optx.AbstractRootFinder):
         g0 = flatten(fn(y, args)[0], dtype)
         abs_residual = self.norm(g0)
         g0_size = jnp.sqrt(jnp.sum(jnp.abs(g0) ** 2)).astype(rdtype)
-        if self.parametrisation == "arclength":
+        if self._arclength(dtype):
             scale = jnp.maximum(g0_size, jnp.finfo(rdtype).tiny)
         else:
             scale = jnp.array(1.0, rdtype)
         path_y = jnp.concatenate([z0, jnp.zeros((1,), dtype)])
         e_mu = jnp.zeros_like(path_y).at[-1].set(1)
-        if self.parametrisation == "arclength":
+        if self._arclength(dtype):
             # The unit tangent at the start, oriented towards λ > 0.
             path = self._path(fn, y, args, z0, g0, scale)
             tangent = _unit(path.direction(path_y, e_mu))
@@ -362,7 +377,9 @@ class Homotopy(optx.AbstractRootFinder):
 
     def step(self, fn, y, args, options, state, tags):
         del options, tags
-        arclength = self.parametrisation == "arclength"
+        arclength = self._arclength(state.z0.dtype)
+        # The auxiliary output at the current point (removed by XLA when unused).
+        _, aux = fn(y, args)
         path = self._path(fn, y, args, state.z0, state.g0, state.scale)
         y_now = state.path_y
         z_now = y_now[:-1]
@@ -458,7 +475,7 @@ class Homotopy(optx.AbstractRootFinder):
         frac = jnp.where(
             crossed & (mu_new > mu_now), (mu_end - mu_now) / (mu_new - mu_now), 1
         )
-        landed = y_now + frac * (corrected - y_now)
+        landed = y_now + frac.astype(y_now.dtype) * (corrected - y_now)
         landed = landed.at[-1].set(mu_end.astype(landed.dtype))
         new_y = jnp.where(crossed, landed, corrected)
         new_y = jnp.where(accept | state.at_end, new_y, y_now)
@@ -489,10 +506,10 @@ class Homotopy(optx.AbstractRootFinder):
 
         # g at the new point from H = ±g at λ = 1; elsewhere from H and λ.
         new_z = new_y[:-1]
-        lam_c = jnp.real(corrected[-1]) / state.scale
+        lam_c = (jnp.real(corrected[-1]) / state.scale).astype(state.z0.dtype)
         z0, g0 = state.z0, state.g0
         if self.kind == "fixed_point":
-            safe = jnp.where(lam_c > 0, lam_c, 1)
+            safe = jnp.where(jnp.real(lam_c) > 0, lam_c, 1)
             g_corr = ((1 - lam_c) * (corrected[:-1] - z0) - h_corr) / safe
         else:
             g_corr = h_corr + (1 - lam_c) * g0
@@ -536,7 +553,7 @@ class Homotopy(optx.AbstractRootFinder):
             path_lam=write_row(state.path_lam, slot, jnp.real(new_y[-1]) / state.scale),
             path_z=write_row(state.path_z, slot, new_z),
         )
-        return unflatten(new_z, y), new_state, None
+        return unflatten(new_z, y), new_state, aux
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags

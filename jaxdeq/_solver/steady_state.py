@@ -83,8 +83,9 @@ class SteadyState(optx.AbstractFixedPointSolver):
     The step-size controller's tolerances bound the accuracy of the steady state:
     near it the step size grows until the explicit method's stability limit, where the
     residual stalls at about the controller's tolerance. So the default controller is
-    `diffrax.PIDController(rtol=rtol, atol=atol)`, with the solver's own tolerances;
-    looser controller tolerances stall above `rtol`/`atol`.
+    `diffrax.PIDController(rtol=rtol / 10, atol=atol / 10)`, a decade below the
+    solver's own tolerances; controller tolerances at or above `rtol`/`atol` can stall
+    above them.
 
     The state reports `t` (the time reached), `num_ode_steps`,
     `num_rejected_steps` and `num_fn_evals` (evaluations of $f$; `-1` when the
@@ -133,7 +134,7 @@ class SteadyState(optx.AbstractFixedPointSolver):
     @property
     def _controller(self) -> diffrax.AbstractStepSizeController:
         if self.stepsize_controller is None:
-            return diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+            return diffrax.PIDController(rtol=0.1 * self.rtol, atol=0.1 * self.atol)
         return self.stepsize_controller
 
     def init(self, fn, y, args, options, f_struct, aux_struct, tags):
@@ -143,7 +144,12 @@ class SteadyState(optx.AbstractFixedPointSolver):
         term = diffrax.ODETerm(_field(fn))
         t0 = jnp.array(0.0, rdtype)
         t1 = jnp.array(jnp.inf, rdtype)
-        dt0 = None if self.dt0 is None else jnp.array(self.dt0, rdtype)
+        dt0 = self.dt0
+        if dt0 is None and jnp.issubdtype(dtype, jnp.complexfloating):
+            # diffrax's initial step selection does not take complex states; the flow
+            # relaxes on a time scale of about 1, so start a decade below it.
+            dt0 = 0.1
+        dt0 = None if dt0 is None else jnp.array(dt0, rdtype)
         tnext, controller_state = self._controller.init(
             term, t0, t1, y, dt0, args, self.solver.func, self.solver.error_order(term)
         )
@@ -157,7 +163,7 @@ class SteadyState(optx.AbstractFixedPointSolver):
         per_step = evals_per_step(self.solver)
         # Initial evaluations: the first stage (first same as last) and, without dt0,
         # the two of diffrax's initial step-size selection.
-        first = int(fsal) + (2 if self.dt0 is None else 0)
+        first = int(fsal) + (2 if dt0 is None else 0)
         return _SteadyStateState(
             t=t0,
             dt=(tnext - t0).astype(rdtype),
@@ -208,6 +214,9 @@ class SteadyState(optx.AbstractFixedPointSolver):
             solver_state=state.solver_state,
             controller_state=state.controller_state,
             made_jump=state.made_jump,
+            # Differentiating the solver itself (an unrolled adjoint, forward or reverse
+            # mode) needs an ODE solve that both modes can go through.
+            adjoint=diffrax.DirectAdjoint(),
             throw=False,
         )
         ys_end, step_ts = sol.ys  # pyright: ignore
@@ -223,7 +232,7 @@ class SteadyState(optx.AbstractFixedPointSolver):
         dt = jnp.where(dt > 0, dt, state.dt)
         t_new = jnp.where(accepted > 0, last, state.t)
 
-        fz = fn(new_y, args)[0]
+        fz, aux = fn(new_y, args)
         dtype = bookkeeping_dtype(y)
         diff = flatten(fz, dtype) - flatten(new_y, dtype)
         abs_residual = self.norm(diff)
@@ -256,7 +265,7 @@ class SteadyState(optx.AbstractFixedPointSolver):
             step=state.step + 1,
             trace=record(state.trace, state.step, rel),
         )
-        return new_y, new_state, None
+        return new_y, new_state, aux
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags
@@ -273,9 +282,10 @@ SteadyState.__init__.__doc__ = r"""**Arguments:**
 - `norm`: the norm of that test (default two-norm).
 - `solver`: the diffrax solver (default `diffrax.Tsit5()`).
 - `stepsize_controller`: a diffrax step-size controller; default
-    `diffrax.PIDController(rtol=rtol, atol=atol)` (see above).
+    `diffrax.PIDController(rtol=rtol / 10, atol=atol / 10)` (see above).
 - `dt0`: the first step size; `None` lets the adaptive controller choose it (two
-    extra evaluations). Required with `diffrax.ConstantStepSize()`: then
+    extra evaluations; 0.1 for complex states, which diffrax's selection does not
+    take). Required with `diffrax.ConstantStepSize()`: then
     `solver=diffrax.Euler(), dt0=1.0` is plain fixed-point iteration and `dt0 < 1`
     damped iteration.
 - `steps_per_call`: ODE steps per solver step, i.e. between residual checks and trace
