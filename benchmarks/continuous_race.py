@@ -4,10 +4,11 @@ Problems: f(z) = tanh(W z + b), W Gaussian scaled to spectral norm ||W||_2 in
 {0.5, 0.9, 1.2} (the issue's range: contractive to mildly expansive) and {3, 6}
 (strongly expansive: many fixed points, where local methods lose their way), widths
 n in --widths; b ~ N(0, I); far starts z0 ~ 10 N(0, I). --seeds problems per cell,
-float64 so that precision does not decide the race.
+float64 so that precision does not decide the race (the caller, continuous.py, runs
+this section under `jax.enable_x64(True)`).
 
 Solvers, all at rtol=1e-6, atol=1e-8, step cap 500, called through
-optax-free `optimistix.fixed_point` under one jit + vmap over the problems:
+`jaxdeq.fixed_point` (for its diagnostics) under one jit + vmap over the problems:
 jaxdeq.Homotopy (defaults: fixed-point homotopy, arclength, Tsit5 predictor, dense
 Jacobians), optimistix.Newton, jaxdeq.Broyden (defaults), jaxdeq.Anderson (defaults).
 

@@ -65,7 +65,7 @@ def _check_inputs(fn, solver, y0, args, has_aux, max_steps, adjoint, backward_st
                 "jaxdeq.fixed_point: every leaf of `y0` must be floating point, got "
                 f"{dtype}. Cast it, e.g. `y0.astype(jnp.float32)`."
             )
-    out = jax.eval_shape(fn, y0, args)
+    out = eqx.filter_eval_shape(fn, y0, args)
     if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError(
@@ -100,7 +100,7 @@ def _match_output_type(fn, y0, args, has_aux):
     rejects the mismatch. Selecting `y0` against `fn(y0)` with a constant predicate
     fixes the type; XLA folds the select away, so `fn` is not evaluated.
     """
-    out = jax.eval_shape(fn, y0, args)
+    out = eqx.filter_eval_shape(fn, y0, args)
     out = out[0] if has_aux else out
     if eqx.tree_equal(out, jax.eval_shape(lambda: y0)) is True:
         return y0

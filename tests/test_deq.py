@@ -155,3 +155,27 @@ def test_pmap_compatible(getkey):
     xs = jr.normal(getkey(), (1, 2, 3))
     out = jax.pmap(jax.vmap(lambda x: deq(x)[0]))(xs)
     np.testing.assert_allclose(out[0], jax.vmap(lambda x: deq(x)[0])(xs[0]), atol=1e-12)
+
+
+def test_cell_with_non_array_leaves(getkey):
+    # An eqx.nn.MLP holds its activation function as a field, and a lambda cell is a
+    # plain function: neither is an array, and both must pass the input checks.
+    mlp = eqx.nn.MLP(8, 4, 16, 1, activation=jax.nn.tanh, key=getkey())
+
+    class Cell(eqx.Module):
+        mlp: eqx.nn.MLP
+
+        def __call__(self, z, x):
+            return 0.5 * self.mlp(jnp.concatenate([z, x]))
+
+    x = jr.normal(getkey(), (4,))
+    z, sol = jaxdeq.DEQ(Cell(mlp), z0=jnp.zeros(4))(x)
+    assert sol.result == jaxdeq.RESULTS.successful
+    fz = Cell(mlp)(z, x)
+    # The layer's default test: ||f(z) - z|| <= 1e-6 + 1e-4 ||f(z)||.
+    assert jnp.linalg.norm(fz - z) <= 1e-6 + 1e-4 * jnp.linalg.norm(fz)
+    w = jr.normal(getkey(), (4, 4)) * 0.1
+    out = jaxdeq.fixed_point(
+        lambda z, a: jnp.tanh(w @ z + a), jaxdeq.Anderson(1e-8, 1e-8), jnp.zeros(4), x
+    )
+    np.testing.assert_allclose(out.value, jnp.tanh(w @ out.value + x), atol=1e-7)
