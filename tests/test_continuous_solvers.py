@@ -350,3 +350,20 @@ def test_aux_and_pytree_state(solver):
     np.testing.assert_allclose(x, jnp.cos(x / 2), atol=1e-10)
     np.testing.assert_allclose(sol.value["y"], x / 2, atol=1e-10)
     assert set(sol.aux) == {"norm"}
+
+
+@pytest.mark.slow
+def test_end_game_retreats_and_arrives():
+    # A strongly expansive tanh cell (||W||_2 = 6, n = 16) whose curve crosses λ = 1
+    # where Newton cannot converge from the interpolated crossing point: the solver
+    # must go back before the crossing and approach again with shorter steps.
+    k1, k2, k3 = jr.split(jr.split(jr.PRNGKey(16060), 16)[1], 3)
+    w = jr.normal(k1, (16, 16))
+    w = 6.0 * w / jnp.linalg.norm(w, 2)
+    b, z0 = jr.normal(k2, (16,)), 10.0 * jr.normal(k3, (16,))
+    cell = lambda z, args: jnp.tanh(args[0] @ z + args[1])
+    solver = jaxdeq.Homotopy(rtol=1e-6, atol=1e-8)
+    sol = optx.fixed_point(cell, solver, z0, (w, b), max_steps=500, throw=False)
+    assert sol.result == optx.RESULTS.successful
+    residual = jnp.linalg.norm(cell(sol.value, (w, b)) - sol.value)
+    assert residual <= 1e-8 + 1e-6 * jnp.linalg.norm(sol.value)

@@ -157,6 +157,7 @@ class _HomotopyState(eqx.Module):
     scale: Scalar
     step_size: Scalar
     at_end: Bool[Array, ""]
+    before_end: Float[Array, " n+1"]
     z0: Float[Array, " n"]
     g0: Float[Array, " n"]
     path_length: Scalar
@@ -218,7 +219,9 @@ class Homotopy(optx.AbstractRootFinder):
     r^\top]$, which stays regular at turning points. The parameter is measured in
     units of $\|g(z_0)\|$ so that arclength steps weigh $z$ and $\lambda$ alike. When
     the curve crosses $\lambda = 1$ the crossing point is interpolated and Newton
-    steps on $g$ run until $\|g(z)\| \le \text{atol} + \text{rtol}\,\|z\|$. A step
+    steps on $g$ run until $\|g(z)\| \le \text{atol} + \text{rtol}\,\|z\|$; if they
+    cannot converge from there, the solver goes back before the crossing and
+    approaches again with shorter steps. A step
     below `min_step` means the curve could not be followed: the solve stops with
     `RESULTS.nonlinear_divergence`.
 
@@ -357,6 +360,7 @@ class Homotopy(optx.AbstractRootFinder):
             scale=scale,
             step_size=jnp.array(self.initial_step, rdtype),
             at_end=jnp.array(False),
+            before_end=path_y,
             z0=z0,
             g0=g0,
             path_length=jnp.array(0.0, rdtype),
@@ -479,7 +483,17 @@ class Homotopy(optx.AbstractRootFinder):
         landed = landed.at[-1].set(mu_end.astype(landed.dtype))
         new_y = jnp.where(crossed, landed, corrected)
         new_y = jnp.where(accept | state.at_end, new_y, y_now)
-        at_end = state.at_end | crossed
+        # If Newton cannot converge at λ = 1 from the interpolated point, go back to
+        # the last point before the crossing and approach again with shorter steps.
+        residual_now = self.norm(h_corr)
+        retreat = (
+            state.at_end
+            & jnp.invert(progress)
+            & (residual_now > self.atol + self.rtol * self.norm(corrected[:-1]))
+        )
+        before_end = jnp.where(crossed, y_now, state.before_end)
+        new_y = jnp.where(retreat, state.before_end, new_y)
+        at_end = (state.at_end | crossed) & jnp.invert(retreat)
         # The next step from the predictor's error estimate, as an ODE solver's
         # controller would: the error aimed at is a tenth of the corrector's tolerance,
         # which keeps predictions within the corrector's easy reach. Without an
@@ -503,6 +517,7 @@ class Homotopy(optx.AbstractRootFinder):
             state.step_size * jnp.minimum(factor, 0.5),
             jnp.minimum(state.step_size * factor, self.max_step),
         )
+        new_size = jnp.where(retreat, 0.25 * state.step_size, new_size)
 
         # g at the new point from H = ±g at λ = 1; elsewhere from H and λ.
         new_z = new_y[:-1]
@@ -520,9 +535,7 @@ class Homotopy(optx.AbstractRootFinder):
         )
         z_norm = self.norm(new_z)
         converged = state.at_end & (abs_residual <= self.atol + self.rtol * z_norm)
-        stalled = (on_path & (new_size < self.min_step)) | (
-            state.at_end & jnp.invert(progress) & jnp.invert(converged)
-        )
+        stalled = (on_path | retreat) & (new_size < self.min_step)
         accepted = accept & on_path
         slot = jnp.where(accepted, state.num_accepted, self.path_size)
         stages = jnp.where(on_path, _predictor_evals(self.predictor), 0)
@@ -535,12 +548,14 @@ class Homotopy(optx.AbstractRootFinder):
             scale=state.scale,
             step_size=new_size,
             at_end=at_end,
+            before_end=before_end,
             z0=z0,
             g0=g0,
             path_length=state.path_length
             + jnp.where(accepted, self.norm(new_z - z_now), 0),
             num_accepted=state.num_accepted + accepted.astype(int),
-            num_corrector_failures=state.num_corrector_failures + rejected.astype(int),
+            num_corrector_failures=state.num_corrector_failures
+            + (rejected | retreat).astype(int),
             num_fn_evals=state.num_fn_evals + 1 + num_newton,
             num_linear_solves=state.num_linear_solves + stages + num_solves,
             abs_residual=abs_residual,
