@@ -10,13 +10,9 @@ from equinox.internal import ω
 from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractDEQAdjoint, ImplicitAdjoint
-from ._misc import check_positive_int, record, relative
+from ._misc import AbstractReportingState, check_positive_int, record, relative
 from ._results import RESULTS, translate
-from ._solver.anderson import _AndersonState, Anderson
-from ._solver.broyden import _BroydenState
-from ._solver.homotopy import _HomotopyState
-from ._solver.splitting import _SplittingState
-from ._solver.steady_state import _SteadyStateState
+from ._solver.anderson import Anderson
 from ._stats import BackwardStats
 
 
@@ -111,16 +107,7 @@ def _match_output_type(fn, y0, args, has_aux):
 
 def _diagnostics(fn, sol, args, has_aux):
     state = sol.state
-    if isinstance(
-        state,
-        (
-            _AndersonState,
-            _BroydenState,
-            _HomotopyState,
-            _SplittingState,
-            _SteadyStateState,
-        ),
-    ):
+    if isinstance(state, AbstractReportingState):
         return {
             "abs_residual": state.abs_residual,
             "rel_residual": state.rel_residual,

@@ -1,13 +1,13 @@
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    AbstractReportingState,
     bookkeeping_dtype,
     check_growth_factor,
     check_positive_int,
@@ -52,7 +52,7 @@ def _spd_solve(h: Array, rhs: Array) -> tuple[Array, Array]:
     return rhs / jnp.diagonal(h), jnp.min(jnp.stack(pivots))
 
 
-class _AndersonState(eqx.Module):
+class _AndersonState(AbstractReportingState):
     iterates: Float[Array, "memory n"]
     residuals: Float[Array, "memory n"]
     gram: Float[Array, "memory memory"]

@@ -1,7 +1,6 @@
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -9,6 +8,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    AbstractReportingState,
     bookkeeping_dtype,
     check_growth_factor,
     check_positive_int,
@@ -24,7 +24,7 @@ from .._misc import (
 )
 
 
-class _BroydenState(eqx.Module):
+class _BroydenState(AbstractReportingState):
     g: Float[Array, " n"]
     aux: Any
     h0: Scalar

@@ -11,6 +11,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    AbstractReportingState,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
@@ -151,7 +152,7 @@ def _one_step(term, predictor, s0, s1, y, r):
     return y1, jnp.sqrt(jnp.sum(jnp.abs(y_error) ** 2))
 
 
-class _HomotopyState(eqx.Module):
+class _HomotopyState(AbstractReportingState):
     path_y: Float[Array, " n+1"]
     tangent: Float[Array, " n+1"]
     scale: Scalar

@@ -10,6 +10,7 @@ from equinox.internal import ω
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    AbstractReportingState,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
@@ -36,7 +37,7 @@ def get_problem(name: str, options: dict[str, Any] | None) -> MonotoneProblem:
     return problem
 
 
-class _SplittingState(eqx.Module):
+class _SplittingState(AbstractReportingState):
     u: PyTree[Array]
     resolvent: AbstractResolvent | None
     alpha: Scalar

@@ -9,6 +9,7 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    AbstractReportingState,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
@@ -43,7 +44,7 @@ def _field(fn):
     return field
 
 
-class _SteadyStateState(eqx.Module):
+class _SteadyStateState(AbstractReportingState):
     t: Scalar
     dt: Scalar
     solver_state: PyTree
