@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import monotone as monotone, ode as ode
+from . import econ as econ, monotone as monotone, ode as ode, pinn as pinn
 from ._adjoint import (
     AbstractDEQAdjoint as AbstractDEQAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
