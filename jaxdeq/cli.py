@@ -455,7 +455,7 @@ class _ProgressBar:
             sys.stderr.flush()
 
 
-# Accuracy targets the closing checks of the issue set; printed next to each error.
+# The accuracy targets of the known-answer models, printed next to each error.
 _TARGETS = {"value": 1e-4, "consumption": 1e-3, "risky_share": 1e-3}
 
 
@@ -522,7 +522,7 @@ def _run_solve(args: argparse.Namespace) -> int:
         report = sol.report
         res = report["residual"]
         print(
-            f"HJB residual (relative) at {1000} evaluation points: mean "
+            "HJB residual (relative) at 1000 evaluation points: mean "
             f"{res['mean_abs']:.2e}, max {res['max_abs']:.2e}"
         )
         for name, target in _TARGETS.items():

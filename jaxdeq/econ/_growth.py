@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..pinn import HJB, shape_violation, ValueNetwork
-from ._hjb import AbstractHJBModel, crra, positive_marginal_value
+from ._hjb import (
+    _log_uniform_and_uniform,
+    AbstractHJBModel,
+    crra,
+    positive_marginal_value,
+)
 
 
 class Growth(AbstractHJBModel):
@@ -82,8 +87,6 @@ class Growth(AbstractHJBModel):
         return _LogInput(net)
 
     def sample(self, key, num):
-        from ._hjb import _log_uniform_and_uniform
-
         lo, hi = self.bounds
         return _log_uniform_and_uniform(key, num, lo, lo, hi)
 

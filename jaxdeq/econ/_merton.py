@@ -2,6 +2,7 @@
 or finite horizon."""
 
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 
 from ..pinn import HJB, ValueNetwork
@@ -189,8 +190,6 @@ class Merton(AbstractHJBModel):
         )
 
     def sample(self, key, num):
-        import jax.random as jr
-
         key_w, key_t = jr.split(key)
         W = _log_uniform_and_uniform(
             key_w, num, 1e-3 * self.w_max, self.w_min, self.train_max
