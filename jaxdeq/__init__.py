@@ -12,6 +12,11 @@ from ._adjoint import (
 )
 from ._adjoint_splitting import SplittingAdjoint as SplittingAdjoint
 from ._deq import DEQ as DEQ, fixed_point as fixed_point
+from ._linear import (
+    block_tridiagonal as block_tridiagonal,
+    BlockTridiagonal as BlockTridiagonal,
+    BlockTridiagonalLinearOperator as BlockTridiagonalLinearOperator,
+)
 from ._regularisers import (
     fixed_point_correction as fixed_point_correction,
     jacobian_regulariser as jacobian_regulariser,
@@ -20,11 +25,13 @@ from ._regularisers import (
 from ._results import RESULTS as RESULTS
 from ._solver import (
     Anderson as Anderson,
+    BracketedNewton as BracketedNewton,
     Broyden as Broyden,
     ForwardBackward as ForwardBackward,
     Homotopy as Homotopy,
     homotopy_path as homotopy_path,
     PeacemanRachford as PeacemanRachford,
+    PseudoTransientNewton as PseudoTransientNewton,
     SteadyState as SteadyState,
 )
 from ._stats import BackwardStats as BackwardStats

@@ -37,7 +37,15 @@ from .data import load_digits
 
 
 _SOLVERS = ("anderson", "broyden", "picard")
-_SOLVE_MODELS = ("cake-eating", "growth", "merton", "lqr", "brock-mirman")
+_SOLVE_MODELS = (
+    "cake-eating",
+    "growth",
+    "merton",
+    "lqr",
+    "brock-mirman",
+    "huggett",
+    "aiyagari",
+)
 _ADJOINTS = ("implicit", "phantom", "jfb", "neumann")
 _EVAL_BATCH = 512
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
@@ -153,7 +161,12 @@ def _parser() -> argparse.ArgumentParser:
         "Continuous-time models (cake-eating, growth, merton, lqr) are solved by a "
         "PINN on their HJB equation (Adam, then L-BFGS); brock-mirman is a "
         "discrete-time model solved by a Deep Equilibrium Net and checked by "
-        "Euler errors on simulated paths.",
+        "Euler errors on simulated paths. huggett and aiyagari are heterogeneous-"
+        "agent economies in stationary general equilibrium: households by the "
+        "implicit upwind finite-difference scheme, the interest rate that clears "
+        "the bond (huggett) or capital (aiyagari) market by a root finder; it "
+        "prints the prices, the aggregates and the market-clearing error, and "
+        "plots policies, densities and the excess supply S(r).",
     )
     solve.add_argument("model", choices=_SOLVE_MODELS, help="the model to solve")
     solve.add_argument(
@@ -187,6 +200,18 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=None,
         help="merton: a finite horizon T (default: infinite horizon)",
+    )
+    solve.add_argument(
+        "--grid-size",
+        type=_positive_int,
+        default=None,
+        help="huggett, aiyagari: wealth grid points (default: 500 and 1000)",
+    )
+    solve.add_argument(
+        "--rho",
+        type=_positive_float,
+        default=None,
+        help="huggett, aiyagari: the discount rate (default: 0.05)",
     )
     solve.set_defaults(handler=_run_solve)
     return parser
@@ -483,11 +508,66 @@ def _hjb_model(args: argparse.Namespace):
     return model, settings
 
 
+def _run_equilibrium(args: argparse.Namespace, out: str) -> int:
+    from . import econ
+
+    options = {}
+    if args.grid_size is not None:
+        options["grid_size"] = args.grid_size
+    if args.rho is not None:
+        options["rho"] = args.rho
+    cls = econ.Huggett if args.model == "huggett" else econ.Aiyagari
+    try:
+        economy = cls(**options)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"jaxdeq solve {args.model}: {e}") from None
+    household = economy.household()
+    print(
+        f"jaxdeq solve {args.model} (float64): {household.grid_size} wealth points "
+        f"on [{float(household.a_min):g}, {float(household.a_max):g}], "
+        f"{household.num_states} income states, rho = {float(household.rho):g}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    try:
+        eq = econ.solve_equilibrium(economy)
+        jax.block_until_ready(eq.r)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"jaxdeq solve {args.model}: {e}") from None
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    eq = econ.solve_equilibrium(economy)
+    jax.block_until_ready(eq.r)
+    again = time.perf_counter() - start
+    h = eq.household
+    print(f"interest rate r* = {float(eq.r):.8f}, wage w = {float(eq.prices.w):.6g}")
+    for name, value in eq.aggregates.items():
+        if name not in ("r", "w"):
+            print(f"{name:>20}: {float(value):.6g}")
+    mass = ", ".join(f"{float(m):.4f}" for m in h.mass_at_limit)
+    print(f"{'mass at the limit':>20}: {mass} (by income state)")
+    clearing = abs(float(eq.excess_supply))
+    print(
+        f"market-clearing error |S(r*)| = {clearing:.2e} after {int(eq.steps)} "
+        f"root-finding steps; HJB residual {float(h.hjb_residual):.1e}, KFE "
+        f"residual {float(h.kfe_residual):.1e}"
+    )
+    print(f"time: {first:.2f} s with compilation, {again:.3f} s compiled")
+    ok = eq.result == optx.RESULTS.successful and clearing < 1e-8
+    print(f"check: {'PASS' if ok else 'FAIL'} (|S(r*)| < 1e-8)")
+    if not args.no_plots:
+        for path in econ.plot_equilibrium(economy, eq, out):
+            print(f"wrote {path}")
+    return 0 if ok else 1
+
+
 def _run_solve(args: argparse.Namespace) -> int:
     jax.config.update("jax_enable_x64", True)
     from . import econ
 
     out = args.out or f"jaxdeq-solve-{args.model}"
+    if args.model in ("huggett", "aiyagari"):
+        return _run_equilibrium(args, out)
     bar = _ProgressBar()
     start = time.perf_counter()
     print(f"jaxdeq solve {args.model} (float64, seed {args.seed})", flush=True)

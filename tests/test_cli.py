@@ -171,7 +171,15 @@ def test_solve_help_and_bad_model(capsys):
         main(["solve", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for model in ("cake-eating", "growth", "merton", "lqr", "brock-mirman"):
+    for model in (
+        "cake-eating",
+        "growth",
+        "merton",
+        "lqr",
+        "brock-mirman",
+        "huggett",
+        "aiyagari",
+    ):
         assert model in out
     with pytest.raises(SystemExit) as info:
         main(["solve", "huggett-with-typo"])
@@ -179,6 +187,9 @@ def test_solve_help_and_bad_model(capsys):
     assert "invalid choice" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--steps is not supported"):
         main(["solve", "brock-mirman", "--steps", "3"])
+    # Bad economies fail before any compilation, with the library's message.
+    with pytest.raises(SystemExit, match="at least 3"):
+        main(["solve", "huggett", "--grid-size", "2"])
 
 
 def test_solve_reaches_the_closed_form_and_writes_plots(capsys, tmp_path):
@@ -194,4 +205,20 @@ def test_solve_reaches_the_closed_form_and_writes_plots(capsys, tmp_path):
     assert float(value.group(1)) < 1e-5
     assert "HJB residual" in out
     for name in ("value", "policies", "errors", "loss"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_solve_huggett_prints_equilibrium_and_writes_plots(capsys, tmp_path):
+    argv = ["solve", "huggett", "--grid-size", "100", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    r = re.search(r"interest rate r\* = ([0-9.]+)", out)
+    clearing = re.search(r"\|S\(r\*\)\| = ([0-9.e+-]+) after", out)
+    assert r and clearing, out
+    # The 100-point grid's equilibrium (the tests of jaxdeq.econ check it against
+    # an independent implementation); its bond market clears to rounding.
+    assert abs(float(r.group(1)) - 0.0197612) < 1e-6
+    assert float(clearing.group(1)) < 1e-8
+    assert "check: PASS" in out and "mass at the limit" in out
+    for name in ("policies", "density", "excess_supply"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000

@@ -1,6 +1,8 @@
 from .anderson import Anderson as Anderson
+from .bracketed_newton import BracketedNewton as BracketedNewton
 from .broyden import Broyden as Broyden
 from .homotopy import Homotopy as Homotopy, homotopy_path as homotopy_path
+from .pseudo_transient import PseudoTransientNewton as PseudoTransientNewton
 from .splitting import (
     ForwardBackward as ForwardBackward,
     PeacemanRachford as PeacemanRachford,

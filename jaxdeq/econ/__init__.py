@@ -1,9 +1,12 @@
 """Economic models with known answers and the machinery that solves them:
 continuous-time models whose value function solves an HJB equation, solved by PINNs
 (`solve_hjb` on an `AbstractHJBModel`: cake-eating, neoclassical growth, Merton,
-a d-dimensional LQR), and Deep Equilibrium Nets for discrete-time models
+a d-dimensional LQR); Deep Equilibrium Nets for discrete-time models
 (`solve_deqn` on an `AbstractDEQNModel`, with quadrature rules for the
-expectations; Brock–Mirman)."""
+expectations; Brock–Mirman); and heterogeneous-agent economies in stationary
+general equilibrium (finite-difference households `solve_household`, the market-
+clearing rate `solve_equilibrium` with implicit derivatives, `estimate` from
+moments; Huggett and Aiyagari; Huggett by a PINN, `solve_huggett_pinn`)."""
 
 # Continuous time: HJB equations solved by PINNs
 # Deep Equilibrium Nets
@@ -27,6 +30,23 @@ from ._deqn import (
     simulate as simulate,
     solve_deqn as solve_deqn,
 )
+
+# Heterogeneous agents in general equilibrium
+from ._equilibrium import (
+    AbstractEconomy as AbstractEconomy,
+    Aiyagari as Aiyagari,
+    EquilibriumSolution as EquilibriumSolution,
+    excess_supply_curve as excess_supply_curve,
+    Huggett as Huggett,
+    plot_equilibrium as plot_equilibrium,
+    solve_equilibrium as solve_equilibrium,
+)
+from ._estimation import (
+    estimate as estimate,
+    EstimationResult as EstimationResult,
+    fraction_at_limit as fraction_at_limit,
+    top_wealth_share as top_wealth_share,
+)
 from ._growth import Growth as Growth
 from ._hjb import (
     AbstractHJBModel as AbstractHJBModel,
@@ -35,6 +55,24 @@ from ._hjb import (
     HJBSolution as HJBSolution,
     plot_hjb as plot_hjb,
     solve_hjb as solve_hjb,
+)
+from ._households import (
+    AbstractHousehold as AbstractHousehold,
+    diffusion_generator as diffusion_generator,
+    hjb_residual as hjb_residual,
+    Household as Household,
+    HouseholdSolution as HouseholdSolution,
+    poisson_generator as poisson_generator,
+    Prices as Prices,
+    solve_household as solve_household,
+    stationary_density as stationary_density,
+    stationary_income_distribution as stationary_income_distribution,
+    transition_operator as transition_operator,
+    upwind_policy as upwind_policy,
+)
+from ._huggett_pinn import (
+    HuggettPINNSolution as HuggettPINNSolution,
+    solve_huggett_pinn as solve_huggett_pinn,
 )
 from ._lqr import LQR as LQR
 from ._merton import Merton as Merton

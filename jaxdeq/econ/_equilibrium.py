@@ -1,0 +1,578 @@
+r"""Stationary general equilibrium of heterogeneous-agent economies: the interest
+rate that clears a market, found by a root finder on the finite-difference
+household solution and differentiated implicitly with respect to every parameter.
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, Float, Int, Scalar
+
+from .._solver.bracketed_newton import BracketedNewton
+from ._households import (
+    _is_concrete,
+    AbstractHousehold,
+    Household,
+    HouseholdSolution,
+    poisson_generator,
+    Prices,
+    solve_household,
+    stationary_income_distribution,
+)
+
+
+class AbstractEconomy(eqx.Module):
+    r"""A stationary economy of households whose equilibrium is one interest rate
+    $r$ that clears one market, $S(r) = 0$ ([`jaxdeq.econ.solve_equilibrium`][]).
+
+    A subclass says who the households are (`household`), what prices they face
+    at a given $r$ (`prices`: a firm's first-order conditions, say), the market
+    that must clear (`excess_supply`, increasing in $r$ for the usual saving
+    behaviour) and a bracket in which to look. `aggregates` adds named numbers to
+    the report.
+    """
+
+    @abc.abstractmethod
+    def household(self) -> AbstractHousehold:
+        """The households of the economy."""
+
+    @abc.abstractmethod
+    def prices(self, r: Scalar) -> Prices:
+        """The prices households face when the interest rate is `r`."""
+
+    @abc.abstractmethod
+    def excess_supply(self, r: Scalar, solution: HouseholdSolution) -> Scalar:
+        """Supply minus demand in the market that $r$ clears, given the households'
+        solution at `prices(r)`."""
+
+    @abc.abstractmethod
+    def bracket(self) -> tuple[Scalar, Scalar]:
+        """An interval of interest rates on which `excess_supply` changes sign."""
+
+    def aggregates(self, r: Scalar, solution: HouseholdSolution) -> dict[str, Scalar]:
+        """Named aggregates at an equilibrium (wealth, consumption, the mass at the
+        borrowing limit; subclasses add their own)."""
+        return {
+            "r": r,
+            "w": solution.prices.w,
+            "assets": solution.assets,
+            "consumption": solution.consumption,
+            "mass_at_limit": jnp.sum(solution.mass_at_limit),
+        }
+
+
+def _income_shares(generator):
+    return stationary_income_distribution(generator)
+
+
+class Huggett(AbstractEconomy):
+    r"""The Huggett (1993) economy in continuous time (Achdou et al. 2022): CRRA
+    households with Poisson income $z_j$ borrow and lend a bond in zero net supply
+    at rate $r$, down to the limit $\underline a$. Equilibrium: $\int a\,dG = 0$.
+
+    The defaults are Moll's: $\gamma = 2$, $\rho = 0.05$, $z = (0.1, 0.2)$,
+    $\lambda = (1.2, 1.2)$, $a \in [-0.15, 5]$, 500 points, $r \in [0.01,
+    0.04]$.
+    """
+
+    gamma: Scalar
+    rho: Scalar
+    z: Float[Array, " J"]
+    lam: Float[Array, " J"]
+    a_min: Scalar
+    a_max: Scalar
+    grid_size: int = eqx.field(static=True)
+    r_bracket: tuple[float, float] | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        *,
+        gamma=2.0,
+        rho=0.05,
+        z=(0.1, 0.2),
+        lam=(1.2, 1.2),
+        a_min=-0.15,
+        a_max=5.0,
+        grid_size=500,
+        r_bracket=None,
+    ):
+        r"""**Arguments:**
+
+        - `gamma`, `rho`: risk aversion and discount rate.
+        - `z`, `lam`: income in the two states and the rates of leaving them.
+        - `a_min`, `a_max`, `grid_size`: the borrowing limit, the top of the grid
+            and the number of grid points.
+        - `r_bracket`: `(lower, upper)`, interest rates between which the
+            equilibrium lies, upper below `rho`. By default it follows the
+            parameters: from $-z_{\min}/(2\bar a)$ (income stays positive on the
+            whole grid) to $0.999\rho$ (Moll uses $[0.01, 0.04]$ at his
+            parameters).
+        """
+        dtype = jnp.result_type(float)
+        self.gamma = jnp.asarray(gamma, dtype)
+        self.rho = jnp.asarray(rho, dtype)
+        self.z = jnp.asarray(z, dtype)
+        self.lam = jnp.asarray(lam, dtype)
+        self.a_min = jnp.asarray(a_min, dtype)
+        self.a_max = jnp.asarray(a_max, dtype)
+        self.grid_size = grid_size
+        self.r_bracket = (
+            None if r_bracket is None else tuple(float(x) for x in r_bracket)
+        )
+        if self.r_bracket is not None:
+            _check_bracket(self.r_bracket, self.rho)
+
+    def __check_init__(self):
+        self.household()  # validates the household's parameters
+
+    def household(self) -> Household:
+        return Household(
+            z=self.z,
+            generator=poisson_generator(self.lam),
+            rho=self.rho,
+            gamma=self.gamma,
+            a_min=self.a_min,
+            a_max=self.a_max,
+            grid_size=self.grid_size,
+        )
+
+    def prices(self, r):
+        return Prices(r, jnp.ones_like(r))
+
+    def excess_supply(self, r, solution):
+        return solution.assets
+
+    def bracket(self):
+        if self.r_bracket is not None:
+            return self.r_bracket
+        lower = -0.5 * jnp.min(self.z) / jnp.maximum(self.a_max, jnp.min(self.z))
+        return lower, 0.999 * self.rho
+
+
+class Aiyagari(AbstractEconomy):
+    r"""The Aiyagari (1994) economy in continuous time with Poisson income (Achdou
+    et al. 2022): households as in [`jaxdeq.econ.Huggett`][] save in capital,
+    which a competitive firm with $Y = A K^\alpha L^{1-\alpha}$ rents at
+    $r + \delta$, and pay wage $w$ per unit of labour endowment $z_j$.
+
+    At an interest rate $r$ the firm's first-order conditions give
+    $K/L = (\alpha A/(r + \delta))^{1/(1-\alpha)}$ and
+    $w = (1-\alpha) A (K/L)^\alpha$, with $L = \sum_j \pi_j z_j$ from the
+    stationary income distribution $\pi$. Equilibrium: the households' wealth
+    equals the capital the firm demands, $\int a\,dG = K(r)$.
+
+    The defaults are Moll's: $\gamma = 2$, $\alpha = 1/3$, $\delta = 0.05$,
+    $\rho = 0.05$, $A = 0.1$, $z = (1, 2)$, $\lambda = (1/3, 1/3)$,
+    $a \in [0, 20]$, 1000 points.
+    """
+
+    gamma: Scalar
+    rho: Scalar
+    alpha: Scalar
+    delta: Scalar
+    productivity: Scalar
+    z: Float[Array, " J"]
+    lam: Float[Array, " J"]
+    a_min: Scalar
+    a_max: Scalar
+    grid_size: int = eqx.field(static=True)
+    r_bracket: tuple[float, float] | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        *,
+        gamma=2.0,
+        rho=0.05,
+        alpha=1 / 3,
+        delta=0.05,
+        productivity=0.1,
+        z=(1.0, 2.0),
+        lam=(1 / 3, 1 / 3),
+        a_min=0.0,
+        a_max=20.0,
+        grid_size=1000,
+        r_bracket=None,
+    ):
+        """**Arguments:**
+
+        - `gamma`, `rho`: risk aversion and discount rate.
+        - `alpha`, `delta`, `productivity`: the capital share, depreciation and
+            total factor productivity $A$.
+        - `z`, `lam`: labour endowment in the two states and the rates of leaving
+            them.
+        - `a_min`, `a_max`, `grid_size`: the borrowing limit, the top of the grid
+            and the number of grid points.
+        - `r_bracket`: `(lower, upper)`, interest rates between which the
+            equilibrium lies (above $-\\delta$, below `rho`). By default it
+            follows the parameters: from
+            $-\\tfrac12\\min(\\delta, w_0 z_{\\min}/\\bar a)$ ($w_0$ the wage
+            at $r = 0$; income stays positive on the grid) to
+            $0.999\\rho$.
+        """
+        dtype = jnp.result_type(float)
+        self.gamma = jnp.asarray(gamma, dtype)
+        self.rho = jnp.asarray(rho, dtype)
+        self.alpha = jnp.asarray(alpha, dtype)
+        self.delta = jnp.asarray(delta, dtype)
+        self.productivity = jnp.asarray(productivity, dtype)
+        self.z = jnp.asarray(z, dtype)
+        self.lam = jnp.asarray(lam, dtype)
+        self.a_min = jnp.asarray(a_min, dtype)
+        self.a_max = jnp.asarray(a_max, dtype)
+        self.grid_size = grid_size
+        self.r_bracket = (
+            None if r_bracket is None else tuple(float(x) for x in r_bracket)
+        )
+        if self.r_bracket is not None:
+            _check_bracket(self.r_bracket, self.rho)
+        if _is_concrete(self.alpha, self.delta) and not (
+            0 < float(self.alpha) < 1 and float(self.delta) >= 0
+        ):
+            raise ValueError(
+                f"need 0 < alpha < 1 and delta >= 0, got alpha = {float(self.alpha)}, "
+                f"delta = {float(self.delta)}."
+            )
+        if (
+            self.r_bracket is not None
+            and _is_concrete(self.delta)
+            and not self.r_bracket[0] > -float(self.delta)
+        ):
+            raise ValueError(
+                f"the bracket's lower end {self.r_bracket[0]} must be above -delta = "
+                f"{-float(self.delta)} (the rental rate r + delta must be positive)."
+            )
+
+    def __check_init__(self):
+        self.household()  # validates the household's parameters
+
+    def household(self) -> Household:
+        return Household(
+            z=self.z,
+            generator=poisson_generator(self.lam),
+            rho=self.rho,
+            gamma=self.gamma,
+            a_min=self.a_min,
+            a_max=self.a_max,
+            grid_size=self.grid_size,
+        )
+
+    @property
+    def labour(self) -> Scalar:
+        """Aggregate labour $L = \\sum_j \\pi_j z_j$."""
+        return jnp.dot(_income_shares(poisson_generator(self.lam)), self.z)
+
+    def capital_demand(self, r: Scalar) -> Scalar:
+        """The capital the firm rents at interest rate `r`,
+        $K = L(\\alpha A/(r + \\delta))^{1/(1-\\alpha)}$."""
+        ratio = (self.alpha * self.productivity / (r + self.delta)) ** (
+            1 / (1 - self.alpha)
+        )
+        return ratio * self.labour
+
+    def prices(self, r):
+        ratio = (self.alpha * self.productivity / (r + self.delta)) ** (
+            1 / (1 - self.alpha)
+        )
+        w = (1 - self.alpha) * self.productivity * ratio**self.alpha
+        return Prices(r, w)
+
+    def excess_supply(self, r, solution):
+        return solution.assets - self.capital_demand(r)
+
+    def bracket(self):
+        if self.r_bracket is not None:
+            return self.r_bracket
+        w0 = self.prices(jnp.zeros_like(self.rho)).w
+        top = jnp.maximum(self.a_max, 1.0)
+        lower = -0.5 * jnp.minimum(self.delta, w0 * jnp.min(self.z) / top)
+        return lower, 0.999 * self.rho
+
+    def aggregates(self, r, solution):
+        out = super().aggregates(r, solution)
+        capital = self.capital_demand(r)
+        labour = self.labour
+        output = self.productivity * capital**self.alpha * labour ** (1 - self.alpha)
+        out.update(
+            capital=capital,
+            labour=labour,
+            output=output,
+            capital_output_ratio=capital / output,
+        )
+        return out
+
+
+def _check_bracket(bracket, rho):
+    lo, hi = bracket
+    if not lo < hi:
+        raise ValueError(
+            f"`r_bracket` must be (lower, upper) with lower < upper, got {bracket}."
+        )
+    if _is_concrete(rho) and not hi < float(rho):
+        raise ValueError(
+            f"the bracket's upper end r = {hi} must be below rho = {float(rho)}: at "
+            "r >= rho households save without bound and there is no stationary "
+            "distribution."
+        )
+
+
+class EquilibriumSolution(eqx.Module):
+    """A stationary general equilibrium ([`jaxdeq.econ.solve_equilibrium`][]).
+
+    Differentiable with respect to the economy's parameters: `r` through the
+    implicit function theorem on $S(r;\\theta) = 0$, and the household solution
+    and aggregates through their own implicit derivatives at $r^*$.
+    """
+
+    r: Scalar
+    household: HouseholdSolution
+    excess_supply: Scalar
+    aggregates: dict[str, Scalar]
+    steps: Int[Array, ""]
+    result: optx.RESULTS
+
+    @property
+    def prices(self) -> Prices:
+        """The equilibrium prices."""
+        return self.household.prices
+
+
+def _excess(r, args):
+    economy, options = args
+    solution = solve_household(
+        economy.household(), economy.prices(r), throw=False, **options
+    )
+    excess = economy.excess_supply(r, solution)
+    ok = solution.result == optx.RESULTS.successful
+    return jnp.where(ok, excess, jnp.nan), None
+
+
+@eqx.filter_jit
+def _solve_equilibrium(economy, r0, lower, upper, rtol, atol, max_steps, options):
+    solver = BracketedNewton(rtol=rtol, atol=atol)
+    # Under differentiation or estimation rho can move; the bracket never reaches
+    # it (no stationary distribution at r >= rho).
+    rho = economy.household().rho
+    upper = jnp.minimum(upper, rho - 1e-3 * jnp.abs(rho))
+    r0 = jnp.clip(r0, lower, upper)
+    sol = optx.root_find(
+        _excess,
+        solver,
+        r0,
+        args=(economy, options),
+        options=dict(lower=lower, upper=upper),
+        has_aux=True,
+        max_steps=max_steps,
+        throw=False,
+    )
+    r = sol.value
+    household = solve_household(
+        economy.household(), economy.prices(r), throw=False, **options
+    )
+    excess = economy.excess_supply(r, household)
+    aggregates = economy.aggregates(r, household)
+    result = optx.RESULTS.where(
+        household.result == optx.RESULTS.successful, sol.result, household.result
+    )
+    return (
+        EquilibriumSolution(
+            r=r,
+            household=household,
+            excess_supply=excess,
+            aggregates=aggregates,
+            steps=sol.stats["num_steps"],
+            result=result,
+        ),
+        sol.state.f_lower,
+        sol.state.f_upper,
+    )
+
+
+def solve_equilibrium(
+    economy: AbstractEconomy,
+    *,
+    r0: float | None = None,
+    bracket: tuple[float, float] | None = None,
+    rtol: float = 1e-12,
+    atol: float = 1e-14,
+    max_steps: int = 60,
+    throw: bool = True,
+    **household_options,
+) -> EquilibriumSolution:
+    r"""The stationary general equilibrium of an economy: the interest rate $r^*$
+    with $S(r^*) = 0$, the households' solution there, and the aggregates.
+
+    $S(r)$ (for example Huggett's bond supply $\int a\,dG$) is evaluated by
+    [`jaxdeq.econ.solve_household`][] and solved by [`jaxdeq.BracketedNewton`][]:
+    Newton steps with $S'(r)$ from one implicit forward-mode derivative through
+    the HJB and KFE solves, kept inside the bracket by bisection. It typically
+    takes 4–6 Newton steps to $|S| < 10^{-10}$.
+
+    Derivatives of $r^*$ and of anything in the solution with respect to any
+    parameter $\theta$ of the economy come from the implicit function theorem,
+    $dr^*/d\theta = -\partial_\theta S / \partial_r S$, with the household's own
+    implicit derivatives inside: `jax.grad`, `jax.jacfwd` and `jax.vmap` work
+    through `solve_equilibrium`, with no bisection or finite differences.
+
+    **Arguments:**
+
+    - `economy`: an [`jaxdeq.econ.AbstractEconomy`][] (e.g.
+        [`jaxdeq.econ.Huggett`][], [`jaxdeq.econ.Aiyagari`][]).
+    - `r0`: the starting rate (default: the middle of the bracket).
+    - `bracket`: `(lower, upper)` (default `economy.bracket()`); $S$ must change
+        sign on it.
+    - `rtol`, `atol`: stop when the Newton step is at most `atol` $+$ `rtol`
+        $|r|$.
+    - `max_steps`: the most root-finding steps.
+    - `throw`: raise if the equilibrium is not found.
+    - `household_options`: passed to [`jaxdeq.econ.solve_household`][]
+        (`delta`, `rtol`, `max_steps`, ...).
+
+    **Returns:**
+
+    An [`jaxdeq.econ.EquilibriumSolution`][].
+    """
+    if bracket is not None:
+        _check_bracket(bracket, economy.household().rho)
+    lower, upper = bracket if bracket is not None else economy.bracket()
+    dtype = jnp.result_type(economy.household().rho)
+    r0 = 0.5 * (lower + upper) if r0 is None else r0
+    solution, f_lower, f_upper = _solve_equilibrium(
+        economy,
+        jnp.asarray(r0, dtype),
+        jnp.asarray(lower, dtype),
+        jnp.asarray(upper, dtype),
+        float(rtol),
+        float(atol),
+        int(max_steps),
+        household_options,
+    )
+    if throw:
+        if _is_concrete(solution.r) and solution.result != optx.RESULTS.successful:
+            if not float(f_lower) * float(f_upper) <= 0:
+                raise ValueError(
+                    f"solve_equilibrium: the excess supply does not change sign on the "
+                    f"bracket: S({float(lower):.6g}) = {float(f_lower):.4g}, "
+                    f"S({float(upper):.6g}) = {float(f_upper):.4g}. Pass a wider "
+                    "`bracket` (below rho)."
+                )
+            raise RuntimeError(
+                "solve_equilibrium: no equilibrium found: "
+                f"{solution.result}. Last r = {float(solution.r):.8g}, "
+                f"S = {float(solution.excess_supply):.3g}."
+            )
+        solution = eqx.tree_at(
+            lambda s: s.r,
+            solution,
+            eqx.error_if(
+                solution.r,
+                solution.result != optx.RESULTS.successful,
+                "solve_equilibrium: no equilibrium found (the excess supply does "
+                "not change sign on the bracket, or a household solve failed).",
+            ),
+        )
+    return solution
+
+
+def excess_supply_curve(
+    economy: AbstractEconomy, rates: Float[Array, " K"], **household_options
+) -> Float[Array, " K"]:
+    """$S(r)$ at each of `rates` (households solved at each), for plots of the
+    market-clearing condition."""
+
+    rates = jnp.asarray(rates, jnp.result_type(economy.household().rho))
+    return _excess_curve(economy, rates, household_options)
+
+
+@eqx.filter_jit
+def _excess_curve(economy, rates, options):
+    return jax.vmap(lambda r: _excess(r, (economy, options))[0])(rates)
+
+
+def plot_equilibrium(
+    economy: AbstractEconomy,
+    solution: EquilibriumSolution,
+    outdir,
+    rates: Float[Array, " K"] | None = None,
+) -> list:
+    """Write the figures of a stationary equilibrium as PNGs into `outdir` (created
+    if missing): `policies.png` (consumption and savings by income state),
+    `density.png` (the wealth density by income state, with the mass at the
+    borrowing limit marked) and `excess_supply.png` ($S(r)$ on `rates`, default 41
+    rates across the bracket, with $r^*$ marked). Needs matplotlib.
+
+    **Returns:**
+
+    The paths written.
+    """
+    import pathlib
+
+    import numpy as np
+
+    # Figures without pyplot: no backend is chosen or changed for the caller.
+    from matplotlib.figure import Figure
+
+    outdir = pathlib.Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    h = solution.household
+    a = np.asarray(h.grid)
+    states = range(h.c.shape[1])
+    paths = []
+
+    fig = Figure(figsize=(9, 3.6))
+    ax_c, ax_s = fig.subplots(1, 2)
+    for j in states:
+        ax_c.plot(a, np.asarray(h.c[:, j]), label=f"income state {j}")
+        ax_s.plot(a, np.asarray(h.s[:, j]), label=f"income state {j}")
+    ax_s.axhline(0.0, color="k", lw=0.5)
+    ax_c.set(xlabel="wealth a", ylabel="consumption c(a)")
+    ax_s.set(xlabel="wealth a", ylabel="savings s(a)")
+    ax_c.legend()
+    fig.suptitle(f"{type(economy).__name__}: policies at r* = {float(solution.r):.6f}")
+    fig.tight_layout()
+    paths.append(outdir / "policies.png")
+    fig.savefig(paths[-1], dpi=120)
+
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    mass = np.asarray(h.mass_at_limit)
+    for j in states:
+        ax.plot(a, np.asarray(h.density[:, j]), label=f"income state {j}")
+    ax.annotate(
+        f"mass at the limit: {', '.join(f'{m:.4f}' for m in mass)}",
+        xy=(a[0], float(np.max(np.asarray(h.density[0])))),
+        xytext=(0.25, 0.6),
+        textcoords="axes fraction",
+        arrowprops=dict(arrowstyle="->"),
+    )
+    # Up to where all but 1e-6 of the households are.
+    cdf = np.cumsum(np.asarray(h.wealth_distribution))
+    top = a[min(int(np.searchsorted(cdf, 1 - 1e-6)) + 1, len(a) - 1)]
+    ax.set(xlabel="wealth a", ylabel="density g(a)", xlim=(a[0], top))
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    paths.append(outdir / "density.png")
+    fig.savefig(paths[-1], dpi=120)
+
+    if rates is None:
+        lo, hi = economy.bracket()
+        rho = float(economy.household().rho)
+        hi = min(float(hi), rho - 1e-3 * abs(rho))
+        rates = np.linspace(float(lo), hi, 41)
+    rates = np.asarray(rates)
+    s = np.asarray(excess_supply_curve(economy, jnp.asarray(rates)))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    ax.plot(rates, s, ".-", label="S(r)")
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.axvline(
+        float(solution.r), color="C3", ls="--", label=f"r* = {float(solution.r):.6f}"
+    )
+    ax.set(xlabel="interest rate r", ylabel="excess supply S(r)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(outdir / "excess_supply.png")
+    fig.savefig(paths[-1], dpi=120)
+    return paths

@@ -1,0 +1,290 @@
+r"""Moments of a stationary wealth distribution, and estimation of an economy's
+parameters from target moments by gradient-based minimum distance through the
+general equilibrium, with standard errors from the implicit Jacobian."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int, PyTree, Scalar
+
+from ._equilibrium import AbstractEconomy, EquilibriumSolution, solve_equilibrium
+from ._households import HouseholdSolution
+
+
+def top_wealth_share(solution: HouseholdSolution, fraction: float = 0.1) -> Scalar:
+    r"""The share of aggregate wealth held by the richest `fraction` of households.
+
+    With $m_i$ the probability of grid point $a_i$ (summed over income states)
+    and $T_i = \sum_{k > i} m_k$ the mass above it, point $i$ contributes
+    $\min(m_i, \max(q - T_i, 0))$ of its mass to the top $q$, so the share is
+    $\sum_i a_i \min(m_i, \max(q - T_i, 0)) / \sum_i a_i m_i$: exact for the
+    discrete distribution (a grid point on the threshold contributes in part) and
+    differentiable almost everywhere. Meaningful when aggregate wealth is
+    positive (Aiyagari; not Huggett, where it is zero).
+
+    **Arguments:**
+
+    - `solution`: a [`jaxdeq.econ.HouseholdSolution`][] (e.g.
+        `equilibrium.household`).
+    - `fraction`: $q \in (0, 1)$, e.g. 0.1 for the top decile.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"`fraction` must be in (0, 1), got {fraction}.")
+    m = solution.wealth_distribution
+    a = solution.grid
+    above = jnp.cumsum(m[::-1])[::-1] - m  # mass strictly above each point
+    weight = jnp.minimum(m, jnp.maximum(fraction - above, 0.0))
+    return jnp.sum(a * weight) / jnp.sum(a * m)
+
+
+def fraction_at_limit(solution: HouseholdSolution) -> Scalar:
+    """The fraction of households at the borrowing limit (the mass of the first
+    grid point, all income states): the discrete counterpart of the point mass at
+    $\\underline a$, to which it converges as the grid is refined."""
+    return jnp.sum(solution.mass_at_limit)
+
+
+class EstimationResult(eqx.Module):
+    """The result of [`jaxdeq.econ.estimate`][].
+
+    `params` are the estimates (a pytree like `initial`), `economy` the economy at
+    them and `equilibrium` its equilibrium; `moments` and `targets` the model's and
+    the data's moments; `jacobian` $G = \\partial m / \\partial\\theta$ at the
+    estimates (flattened parameters); `covariance` and `standard_errors` the
+    sandwich covariance and its square-rooted diagonal (when a moment covariance
+    was given); `loss` the weighted distance; `steps` the Levenberg–Marquardt
+    steps taken; `result` whether it converged.
+    """
+
+    params: PyTree[Array]
+    economy: AbstractEconomy
+    equilibrium: EquilibriumSolution
+    moments: Float[Array, " M"]
+    targets: Float[Array, " M"]
+    jacobian: Float[Array, "M P"]
+    covariance: Float[Array, "P P"] | None
+    standard_errors: PyTree[Array] | None
+    loss: Scalar
+    steps: Int[Array, ""]
+    result: optx.RESULTS
+
+
+def estimate(
+    economy: AbstractEconomy,
+    where: Callable[[AbstractEconomy], Any],
+    initial: PyTree[Array],
+    moments: Callable[[EquilibriumSolution], Float[Array, " M"]],
+    targets: Float[Array, " M"],
+    *,
+    weights: Float[Array, "M M"] | None = None,
+    moment_covariance: Float[Array, "M M"] | None = None,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    max_steps: int = 50,
+    throw: bool = True,
+    **equilibrium_options,
+) -> EstimationResult:
+    r"""Estimate parameters of an economy from target moments by minimum distance
+    through its general equilibrium.
+
+    Minimises $(m(\theta) - \hat m)^\top W (m(\theta) - \hat m)$, where $m(\theta)$
+    are the moments of the equilibrium at parameters $\theta$
+    ([`jaxdeq.econ.solve_equilibrium`][]), by Levenberg–Marquardt. The Jacobian
+    $G = \partial m/\partial \theta$ is exact: forward-mode implicit
+    differentiation through the equilibrium interest rate and the household's HJB
+    and KFE solves, one compiled function evaluating $m$ and $G$ together.
+
+    The iteration works in scaled coordinates $\theta = \theta_0 + D x$, with $D$
+    making the columns of $W^{1/2} G$ unit at the start (Moré's scaling), so its
+    damping means the same whatever the units of the parameters and moments. Each
+    step solves $\min_\delta \|W^{1/2}(m - \hat m + G D \delta)\|^2 +
+    \lambda\|\delta\|^2$; a step is accepted when it lowers the loss (and the
+    damping is relaxed by Nielsen's rule), and rejected otherwise (the damping
+    doubles), including when the equilibrium cannot be found at the trial point
+    (its moments are not finite). It stops when a step changes every parameter by
+    at most `atol` $+$ `rtol` $|\theta_k|$, or when the gradient of the loss
+    vanishes to rounding.
+
+    With a covariance $\Sigma$ of the target moments (the sampling covariance of
+    $\hat m$), the estimator's covariance is the sandwich
+    $(G^\top W G)^{-1} G^\top W \Sigma W G (G^\top W G)^{-1}$, which is
+    $(G^\top \Sigma^{-1} G)^{-1}$ for the default efficient weight
+    $W = \Sigma^{-1}$.
+
+    **Arguments:**
+
+    - `economy`: the economy, at any parameter values.
+    - `where`: selects the parameters to estimate, as in `equinox.tree_at`: e.g.
+        `lambda e: e.rho` or `lambda e: (e.rho, e.lam)`.
+    - `initial`: their starting values, a pytree like `where(economy)`.
+    - `moments`: `moments(equilibrium) -> array` of the model's moments, e.g.
+        `lambda eq: jnp.stack([top_wealth_share(eq.household),
+        eq.aggregates["capital_output_ratio"]])`.
+    - `targets`: the data moments $\hat m$.
+    - `weights`: the weight matrix $W$ (default $\Sigma^{-1}$ when
+        `moment_covariance` is given, else the identity).
+    - `moment_covariance`: $\Sigma$, to get standard errors.
+    - `rtol`, `atol`: stop when a step changes each parameter by at most
+        `atol` $+$ `rtol` $|\theta_k|$.
+    - `max_steps`: the most Levenberg–Marquardt steps (accepted or not).
+    - `throw`: raise if the minimisation does not converge.
+    - `equilibrium_options`: passed to [`jaxdeq.econ.solve_equilibrium`][].
+
+    **Returns:**
+
+    An [`jaxdeq.econ.EstimationResult`][]: the estimates, the economy at them,
+    its equilibrium and moments, $G$, and (with `moment_covariance`) the
+    covariance and standard errors of the estimates.
+    """
+    targets = jnp.asarray(targets)
+    if targets.ndim != 1:
+        raise ValueError(
+            f"`targets` must be a vector of moments, got shape {targets.shape}."
+        )
+    dtype = targets.dtype
+    flat0, unravel = ravel_pytree(
+        jax.tree.map(lambda x: jnp.asarray(x, dtype), initial)
+    )
+    n_params, n_moments = flat0.shape[0], targets.shape[0]
+    if n_params > n_moments:
+        raise ValueError(
+            f"{n_params} parameters cannot be identified from {n_moments} moments."
+        )
+    if max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps}.")
+    sigma = None if moment_covariance is None else jnp.asarray(moment_covariance, dtype)
+    if sigma is not None and sigma.shape != (n_moments, n_moments):
+        raise ValueError(
+            f"`moment_covariance` must be {n_moments} x {n_moments}, got {sigma.shape}."
+        )
+    if weights is None:
+        weights = (
+            jnp.eye(n_moments, dtype=dtype) if sigma is None else jnp.linalg.inv(sigma)
+        )
+    weights = jnp.asarray(weights, dtype)
+    if weights.shape != (n_moments, n_moments):
+        raise ValueError(
+            f"`weights` must be {n_moments} x {n_moments}, got {weights.shape}."
+        )
+    root_weight = jnp.linalg.cholesky(0.5 * (weights + weights.T)).T
+    if not jnp.all(jnp.isfinite(root_weight)):
+        raise ValueError(
+            "`weights` (or `moment_covariance`) must be positive definite."
+        )
+
+    def model_moments(flat):
+        econ = eqx.tree_at(where, economy, unravel(flat))
+        equilibrium = solve_equilibrium(econ, throw=False, **equilibrium_options)
+        ok = equilibrium.result == optx.RESULTS.successful
+        m = jnp.asarray(moments(equilibrium), dtype)
+        if m.shape != targets.shape:
+            raise ValueError(
+                f"`moments` returned shape {m.shape}, but `targets` has shape "
+                f"{targets.shape}."
+            )
+        return jnp.where(ok, m, jnp.nan), equilibrium
+
+    @eqx.filter_jit
+    def moments_and_jacobian(flat):
+        def fn(f):
+            m, equilibrium = model_moments(f)
+            return m, (m, equilibrium)
+
+        jac, (m, equilibrium) = jax.jacfwd(fn, has_aux=True)(flat)
+        return m, jac, equilibrium
+
+    def evaluate(flat):
+        m, jac, equilibrium = moments_and_jacobian(flat)
+        r = root_weight @ (m - targets)
+        g = root_weight @ jac
+        finite = bool(jnp.all(jnp.isfinite(r)) & jnp.all(jnp.isfinite(g)))
+        return m, r, g, equilibrium, finite
+
+    m, res, gw, equilibrium, finite = evaluate(flat0)
+    if not finite:
+        raise ValueError(
+            "estimate: no equilibrium (or no finite moments) at the initial "
+            f"parameters {unravel(flat0)}; start where the equilibrium exists."
+        )
+    column = jnp.linalg.norm(gw, axis=0)
+    if jnp.any(column == 0):
+        raise ValueError(
+            "estimate: the moments do not depend on parameter(s) "
+            f"{[int(i) for i in jnp.flatnonzero(column == 0)]} (in flattened "
+            "order) at the initial values, so they cannot be identified."
+        )
+    scale = 1.0 / column
+    eps = float(jnp.finfo(dtype).eps)
+
+    flat = flat0
+    loss = float(res @ res)
+    damping, growth = 1e-3, 2.0
+    steps = 0
+    result = optx.RESULTS.max_steps_reached
+    while steps < max_steps:
+        j = gw * scale[None]
+        gradient = j.T @ res
+        if loss == 0.0 or float(jnp.max(jnp.abs(gradient))) <= eps * max(loss, eps):
+            result = optx.RESULTS.successful
+            break
+        # Damped Gauss-Newton step by least squares on [J; sqrt(damping) I].
+        augmented = jnp.concatenate(
+            [j, jnp.sqrt(damping) * jnp.eye(n_params, dtype=dtype)]
+        )
+        rhs = jnp.concatenate([-res, jnp.zeros(n_params, dtype)])
+        delta = jnp.linalg.lstsq(augmented, rhs)[0]
+        step = scale * delta
+        trial = flat + step
+        steps += 1
+        m_t, res_t, gw_t, eq_t, finite = evaluate(trial)
+        predicted = loss - float(jnp.sum((res + j @ delta) ** 2))
+        actual = loss - float(res_t @ res_t) if finite else -jnp.inf
+        small = bool(jnp.all(jnp.abs(step) <= atol + rtol * jnp.abs(trial)))
+        if finite and predicted > 0 and actual > 1e-4 * predicted:
+            ratio = actual / predicted
+            damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
+            growth = 2.0
+            flat, m, res, gw, equilibrium = trial, m_t, res_t, gw_t, eq_t
+            loss = float(res @ res)
+            if small:
+                result = optx.RESULTS.successful
+                break
+        else:
+            if small and finite and actual >= 0:
+                # The step is below the tolerance and does not raise the loss.
+                result = optx.RESULTS.successful
+                break
+            damping *= growth
+            growth *= 2.0
+    if throw and result != optx.RESULTS.successful:
+        raise RuntimeError(
+            f"estimate: Levenberg-Marquardt did not converge in {max_steps} steps; "
+            f"last parameters {unravel(flat)}, loss {loss:.3e}. Raise `max_steps` or "
+            "start closer."
+        )
+    jacobian = jnp.linalg.solve(root_weight, gw)
+    covariance = standard_errors = None
+    if sigma is not None:
+        bread = jnp.linalg.inv(jacobian.T @ weights @ jacobian)
+        meat = jacobian.T @ weights @ sigma @ weights @ jacobian
+        covariance = bread @ meat @ bread
+        standard_errors = unravel(jnp.sqrt(jnp.diagonal(covariance)))
+    gap = m - targets
+    return EstimationResult(
+        params=unravel(flat),
+        economy=eqx.tree_at(where, economy, unravel(flat)),
+        equilibrium=equilibrium,
+        moments=m,
+        targets=targets,
+        jacobian=jacobian,
+        covariance=covariance,
+        standard_errors=standard_errors,
+        loss=gap @ weights @ gap,
+        steps=jnp.asarray(steps),
+        result=result,
+    )
