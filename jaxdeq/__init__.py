@@ -2,7 +2,14 @@
 
 import importlib.metadata
 
-from . import econ as econ, monotone as monotone, ode as ode, pinn as pinn
+from . import (
+    econ as econ,
+    ep as ep,
+    graph as graph,
+    monotone as monotone,
+    ode as ode,
+    pinn as pinn,
+)
 from ._adjoint import (
     AbstractDEQAdjoint as AbstractDEQAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,

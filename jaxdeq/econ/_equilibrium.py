@@ -7,6 +7,7 @@ import abc
 
 import equinox as eqx
 import jax
+import jax.lax as lax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Int, Scalar
@@ -390,6 +391,21 @@ def _solve_equilibrium(economy, r0, lower, upper, rtol, atol, max_steps, options
     )
 
 
+def _strongly_typed(economy, dtype):
+    """Parameters set with `eqx.tree_at` to a Python float or a weakly typed array
+    (`jnp.asarray(0.05)`) would change the compiled signature, or become static, and
+    recompile the whole equilibrium: cast them to the economy's dtype."""
+
+    def cast(leaf):
+        if isinstance(leaf, float) or (
+            eqx.is_inexact_array(leaf) and getattr(leaf, "weak_type", False)
+        ):
+            return lax.convert_element_type(leaf, dtype)
+        return leaf
+
+    return jax.tree.map(cast, economy)
+
+
 def solve_equilibrium(
     economy: AbstractEconomy,
     *,
@@ -436,8 +452,9 @@ def solve_equilibrium(
     """
     if bracket is not None:
         _check_bracket(bracket, economy.household().rho)
-    lower, upper = bracket if bracket is not None else economy.bracket()
     dtype = jnp.result_type(economy.household().rho)
+    economy = _strongly_typed(economy, dtype)
+    lower, upper = bracket if bracket is not None else economy.bracket()
     r0 = 0.5 * (lower + upper) if r0 is None else r0
     solution, f_lower, f_upper = _solve_equilibrium(
         economy,
@@ -482,8 +499,9 @@ def excess_supply_curve(
     """$S(r)$ at each of `rates` (households solved at each), for plots of the
     market-clearing condition."""
 
-    rates = jnp.asarray(rates, jnp.result_type(economy.household().rho))
-    return _excess_curve(economy, rates, household_options)
+    dtype = jnp.result_type(economy.household().rho)
+    rates = jnp.asarray(rates, dtype)
+    return _excess_curve(_strongly_typed(economy, dtype), rates, household_options)
 
 
 @eqx.filter_jit

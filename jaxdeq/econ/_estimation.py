@@ -2,6 +2,7 @@ r"""Moments of a stationary wealth distribution, and estimation of an economy's
 parameters from target moments by gradient-based minimum distance through the
 general equilibrium, with standard errors from the implicit Jacobian."""
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,39 @@ class EstimationResult(eqx.Module):
     loss: Scalar
     steps: Int[Array, ""]
     result: optx.RESULTS
+
+
+def _unflatten(flat, structure):
+    treedef, shapes = structure
+    leaves, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        leaves.append(flat[start : start + size].reshape(shape))
+        start += size
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# At module level, so that repeated estimations with the same `where` and `moments`
+# reuse the compiled moments and Jacobian.
+@eqx.filter_jit
+def _moments_and_jacobian(
+    flat, economy, where, structure, moments, target_shape, equilibrium_options
+):
+    def fn(f):
+        econ = eqx.tree_at(where, economy, _unflatten(f, structure))
+        equilibrium = solve_equilibrium(econ, throw=False, **equilibrium_options)
+        ok = equilibrium.result == optx.RESULTS.successful
+        m = jnp.asarray(moments(equilibrium), flat.dtype)
+        if m.shape != target_shape:
+            raise ValueError(
+                f"`moments` returned shape {m.shape}, but `targets` has shape "
+                f"{target_shape}."
+            )
+        m = jnp.where(ok, m, jnp.nan)
+        return m, (m, equilibrium)
+
+    jac, (m, equilibrium) = jax.jacfwd(fn, has_aux=True)(flat)
+    return m, jac, equilibrium
 
 
 def estimate(
@@ -177,29 +211,19 @@ def estimate(
             "`weights` (or `moment_covariance`) must be positive definite."
         )
 
-    def model_moments(flat):
-        econ = eqx.tree_at(where, economy, unravel(flat))
-        equilibrium = solve_equilibrium(econ, throw=False, **equilibrium_options)
-        ok = equilibrium.result == optx.RESULTS.successful
-        m = jnp.asarray(moments(equilibrium), dtype)
-        if m.shape != targets.shape:
-            raise ValueError(
-                f"`moments` returned shape {m.shape}, but `targets` has shape "
-                f"{targets.shape}."
-            )
-        return jnp.where(ok, m, jnp.nan), equilibrium
-
-    @eqx.filter_jit
-    def moments_and_jacobian(flat):
-        def fn(f):
-            m, equilibrium = model_moments(f)
-            return m, (m, equilibrium)
-
-        jac, (m, equilibrium) = jax.jacfwd(fn, has_aux=True)(flat)
-        return m, jac, equilibrium
+    leaves, treedef = jax.tree_util.tree_flatten(initial)
+    structure = (treedef, tuple(jnp.shape(leaf) for leaf in leaves))
 
     def evaluate(flat):
-        m, jac, equilibrium = moments_and_jacobian(flat)
+        m, jac, equilibrium = _moments_and_jacobian(
+            flat,
+            economy,
+            where,
+            structure,
+            moments,
+            targets.shape,
+            equilibrium_options,
+        )
         r = root_weight @ (m - targets)
         g = root_weight @ jac
         finite = bool(jnp.all(jnp.isfinite(r)) & jnp.all(jnp.isfinite(g)))
