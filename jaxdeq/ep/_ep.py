@@ -66,6 +66,35 @@ def _cost_gradient(model, cost, s, y):
     return jax.grad(c, holomorphic=complex_state)(s)
 
 
+# The maps iterated by the phases live at module level: jaxdeq.fixed_point is
+# compiled per map, and a fresh closure on every call would recompile it.
+def _free_map(s, args):
+    model, x = args
+    return model.relax(s, x, jtu.tree_map(jnp.zeros_like, s))
+
+
+def _nudged_step(s, model, x, y, beta, cost):
+    grad = _cost_gradient(model, cost, s, y)
+    drive = jtu.tree_map(lambda g: -beta * g, grad)
+    return model.relax(s, x, drive)
+
+
+def _nudged_map(s, args):
+    return _nudged_step(s, *args)
+
+
+def _nudged_map_complex(parts, args):
+    model, x, y, beta, cost = args
+    re, im = parts
+    dtype, real_dtype = beta.dtype, jnp.result_type(jtu.tree_leaves(re)[0])
+    s = jtu.tree_map(lambda a, b: a.astype(dtype) + 1j * b.astype(dtype), re, im)
+    new = _nudged_step(s, model, x, y, beta, cost)
+    return (
+        jtu.tree_map(lambda a: jnp.real(a).astype(real_dtype), new),
+        jtu.tree_map(lambda a: jnp.imag(a).astype(real_dtype), new),
+    )
+
+
 def free_phase(
     model: AbstractEnergyNetwork,
     x: Array,
@@ -103,12 +132,14 @@ def free_phase(
     if s0 is None:
         s0 = model.init_state(x)
 
-    def fn(s, args):
-        m, xx = args
-        return m.relax(s, xx, jtu.tree_map(jnp.zeros_like, s))
-
     return fixed_point(
-        fn, solver, s0, (model, x), max_steps=max_steps, adjoint=adjoint, throw=throw
+        _free_map,
+        solver,
+        s0,
+        (model, x),
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=throw,
     )
 
 
@@ -158,33 +189,14 @@ def nudged_phase(
         dtype = real_dtype
     beta = beta.astype(dtype)
 
-    def step(s):
-        grad = _cost_gradient(model, cost, s, y)
-        drive = jtu.tree_map(lambda g: -beta * g, grad)
-        return model.relax(s, x, drive)
-
     if is_complex:
         start = (s0, jtu.tree_map(jnp.zeros_like, s0))
-
-        def fn(parts, args):
-            del args
-            re, im = parts
-            s = jtu.tree_map(
-                lambda a, b: a.astype(dtype) + 1j * b.astype(dtype), re, im
-            )
-            new = step(s)
-            return (
-                jtu.tree_map(lambda a: jnp.real(a).astype(real_dtype), new),
-                jtu.tree_map(lambda a: jnp.imag(a).astype(real_dtype), new),
-            )
+        fn = _nudged_map_complex
     else:
-        start = s0
+        start, fn = s0, _nudged_map
 
-        def fn(s, args):
-            del args
-            return step(s)
-
-    sol = fixed_point(fn, solver, start, None, max_steps=max_steps, throw=throw)
+    args = (model, x, y, beta, cost)
+    sol = fixed_point(fn, solver, start, args, max_steps=max_steps, throw=throw)
     if is_complex:
         re, im = sol.value
         value = jtu.tree_map(

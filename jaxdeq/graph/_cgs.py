@@ -25,6 +25,12 @@ def _segment_sum(values, segments, num):
     return jax.ops.segment_sum(values, segments, num_segments=num)
 
 
+def _iterate(h, args):
+    # At module level: a fresh closure per call would recompile jaxdeq.fixed_point.
+    model, weights, b, graph = args
+    return model._map(h, weights, b, graph)
+
+
 class ConvergentGraphSolver(eqx.Module):
     r"""A convergent graph solver (Park, Choo & Park 2022): a graph layer whose
     fixed point exists and is unique by construction.
@@ -278,10 +284,10 @@ class ConvergentGraphSolver(eqx.Module):
             steps = jnp.zeros((), jnp.int32)
         else:
             sol = fixed_point(
-                lambda h, args: self._map(h, *args),
+                _iterate,
                 self.solver,
                 b,
-                (weights, b, graph),
+                (self, weights, b, graph),
                 max_steps=self.max_steps,
                 adjoint=self.adjoint,
             )
