@@ -214,7 +214,87 @@ def _parser() -> argparse.ArgumentParser:
         help="huggett, aiyagari: the discount rate (default: 0.05)",
     )
     solve.set_defaults(handler=_run_solve)
+    _add_train_parser(commands)
     return parser
+
+
+def _add_train_parser(commands) -> None:
+    from .train import RECIPES, TrainConfig
+
+    train = commands.add_parser(
+        "train",
+        help="train a model family's recipe, with checkpoints, resume and metrics",
+        description="Train a recipe data-parallel over the available devices "
+        "(batch sharded, parameters replicated), with orbax checkpoints every N "
+        "steps and on SIGTERM/SIGINT, --resume from the newest intact checkpoint, "
+        "metrics as JSON lines and plots in --run-dir. Recipes: "
+        + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+    )
+    recipes = train.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
+    for recipe in RECIPES.values():
+        sub = recipes.add_parser(
+            recipe.name, help=recipe.description, description=recipe.description
+        )
+        for group, cls in (("training", TrainConfig), (recipe.name, recipe.options)):
+            options = sub.add_argument_group(f"{group} options")
+            for field in dataclasses.fields(cls):
+                flag = "--" + field.name.replace("_", "-")
+                if field.name in ("resume", "progress"):
+                    continue
+                if field.type in (bool, "bool"):
+                    options.add_argument(flag, action="store_true")
+                    continue
+                kind = type(field.default) if field.default is not None else int
+                extra = {}
+                if field.name == "precision":
+                    extra["choices"] = ("float32", "bfloat16")
+                options.add_argument(
+                    flag,
+                    type=kind,
+                    default=field.default,
+                    dest=field.name,
+                    help=f"(default: {field.default})",
+                    **extra,
+                )
+        sub.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue from the newest intact checkpoint in --run-dir",
+        )
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sub.set_defaults(handler=_run_train, train_recipe=recipe)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import plot_history, train, TrainConfig
+
+    recipe = args.train_recipe
+    values = vars(args)
+    config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(
+        **{k: values[k] for k in config_fields if k in values and k != "progress"},
+        progress=not args.no_progress,
+    )
+    if config.run_dir == TrainConfig.run_dir:
+        config = dataclasses.replace(config, run_dir=f"runs/{recipe.name}")
+    options = recipe.options(
+        **{f.name: values[f.name] for f in dataclasses.fields(recipe.options)}
+    )
+    try:
+        result = train(recipe, config, options)
+    except ValueError as e:
+        print(f"jaxdeq train: error: {e}", file=sys.stderr)
+        return 2
+    if result.history:
+        last = result.history[-1]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("time",))
+        print(f"step {result.step}/{config.steps}: {shown}")
+        plot = plot_history(result.history, f"{config.run_dir}/training.png")
+        print(f"metrics: {config.run_dir}/metrics.jsonl  plots: {plot}")
+    if result.interrupted:
+        print("interrupted; resume with the same command and --resume.")
+        return 130
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

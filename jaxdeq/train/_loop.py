@@ -1,0 +1,427 @@
+import dataclasses
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, PRNGKeyArray
+
+from ._checkpoint import Checkpoints, write_json_line
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What every training run is configured by (a recipe adds its own options).
+
+    **Fields:**
+
+    - `steps`: optimiser steps in total (a resumed run continues up to this).
+    - `batch_size`: the global batch, split across devices (and processes).
+    - `learning_rate`: of the recipe's optimiser (Adam unless the recipe says).
+    - `seed`: initialisation, data order and per-step keys all derive from it.
+    - `devices`: how many devices to shard the batch over (default: all).
+    - `accumulate`: micro-batches per step (gradient accumulation).
+    - `precision`: `"float32"`, or `"bfloat16"` to compute in bfloat16 while the
+        parameters, optimiser state and solver bookkeeping stay in float32.
+    - `log_every`, `eval_every`: steps between metric lines and evaluations.
+    - `checkpoint_every`: steps between checkpoints (also on the last step and on
+        SIGTERM/SIGINT); `keep`: how many to keep.
+    - `run_dir`: where checkpoints, `metrics.jsonl` and plots go.
+    - `resume`: continue from the newest intact checkpoint in `run_dir`.
+    - `progress`: draw a progress line on stderr.
+    """
+
+    steps: int = 200
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    devices: int | None = None
+    accumulate: int = 1
+    precision: Literal["float32", "bfloat16"] = "float32"
+    log_every: int = 10
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    keep: int = 3
+    run_dir: str = "runs/train"
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How to train one model family: model, data, loss, metrics.
+
+    **Fields:**
+
+    - `name`, `description`: shown by `jaxdeq train --help`.
+    - `options`: a frozen dataclass type of the recipe's own options (defaults
+        required); the command line gets one flag per field.
+    - `init(key, options) -> model`: an equinox Module.
+    - `data(options) -> (train, evaluation)`: dicts of NumPy arrays with a common
+        leading dimension, from data that ships with a package or is generated.
+    - `loss(model, batch, key) -> (loss, metrics)`: a scalar and a dict of scalars
+        (e.g. solver steps and residuals), for one global batch.
+    - `evaluate(model, batch) -> metrics`: on the evaluation data (optional).
+    - `optimiser(config) -> optax.GradientTransformation` (default: Adam).
+    """
+
+    name: str
+    description: str
+    options: type
+    init: Callable[[PRNGKeyArray, Any], eqx.Module]
+    data: Callable[[Any], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+    loss: Callable[[eqx.Module, dict[str, Array], PRNGKeyArray], tuple[Array, dict]]
+    evaluate: Callable[[eqx.Module, dict[str, Array]], dict] | None = None
+    optimiser: Callable[[TrainConfig], optax.GradientTransformation] | None = None
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What [`jaxdeq.train.train`][] returns.
+
+    **Fields:**
+
+    - `model`: the trained model.
+    - `step`: the last step completed.
+    - `history`: the logged metric records (also in `run_dir/metrics.jsonl`).
+    - `interrupted`: whether a signal stopped the run (a checkpoint was saved).
+    - `resumed_from`: the step a resumed run started from, else `None`.
+    """
+
+    model: eqx.Module
+    step: int
+    history: list[dict]
+    interrupted: bool
+    resumed_from: int | None
+
+
+def _check_config(config: TrainConfig, num_devices: int, num_examples: int):
+    for label in (
+        "steps",
+        "batch_size",
+        "accumulate",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep",
+    ):
+        value = getattr(config, label)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train: `{label}` must be a positive int, got {value!r}.")
+    if config.precision not in ("float32", "bfloat16"):
+        raise ValueError(
+            "train: `precision` must be 'float32' or 'bfloat16', got "
+            f"{config.precision!r}."
+        )
+    per_step = num_devices * config.accumulate
+    if config.batch_size % per_step:
+        raise ValueError(
+            f"train: batch size {config.batch_size} does not divide across "
+            f"{num_devices} device(s) x {config.accumulate} accumulation step(s); "
+            f"use a multiple of {per_step}, e.g. --batch-size "
+            f"{per_step * max(1, config.batch_size // per_step)}."
+        )
+    if config.batch_size > num_examples:
+        raise ValueError(
+            f"train: batch size {config.batch_size} exceeds the {num_examples} "
+            "training examples."
+        )
+
+
+def _batch_indices(step: int, seed: int, num_examples: int, batch_size: int):
+    """The global batch of `step`: a fresh seeded permutation each epoch, so the data
+    position is a function of the step alone and a resumed run sees the same data."""
+    per_epoch = num_examples // batch_size
+    epoch, offset = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    return perm[offset * batch_size : (offset + 1) * batch_size]
+
+
+def _compute_dtype(tree, dtype):
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree
+    )
+
+
+class _Progress:
+    def __init__(self, total, enabled):
+        self.total, self.enabled, self.start = total, enabled, time.perf_counter()
+
+    def update(self, step, metrics):
+        if not self.enabled:
+            return
+        width = 30
+        done = int(width * step / self.total)
+        shown = "  ".join(
+            f"{k} {v:.4g}"
+            for k, v in metrics.items()
+            if isinstance(v, float) and k not in ("time", "step")
+        )
+        rate = step / max(time.perf_counter() - self.start, 1e-9)
+        sys.stderr.write(
+            f"\r[{'#' * done}{'.' * (width - done)}] {step}/{self.total}  {shown}  "
+            f"{rate:.1f} step/s "
+        )
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def train(
+    recipe: Recipe,
+    config: TrainConfig = TrainConfig(),
+    options: Any = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train `recipe` data-parallel over a device mesh, with checkpoints and metrics.
+
+    The global batch is sharded along a `data` mesh axis over `config.devices`
+    devices (under `jax.distributed.initialize()`, over every process's devices,
+    each process feeding its own slice of each batch); parameters and optimiser
+    state are replicated. One jitted step computes the loss and the gradient
+    (averaged over the global batch, with `config.accumulate` micro-batches) and
+    applies the optimiser. The per-step key is `fold_in(key(seed), step)` and the
+    data order a function of `(seed, step)`, so a run resumed from a checkpoint
+    reproduces an uninterrupted one exactly. Checkpoints (orbax-checkpoint: the
+    parameters, optimiser state, step, key and data position) are written every
+    `config.checkpoint_every` steps, at the end, and on SIGTERM/SIGINT.
+
+    **Arguments:**
+
+    - `recipe`: a [`jaxdeq.train.Recipe`][].
+    - `config`: a [`jaxdeq.train.TrainConfig`][].
+    - `options`: an instance of `recipe.options` (default: its defaults).
+    - `log`: where messages go.
+
+    **Returns:**
+
+    A [`jaxdeq.train.TrainResult`][].
+
+    **Raises:**
+
+    `ValueError` before any compute for a bad configuration (a batch that does not
+    divide across devices, too many devices, ...) or a checkpoint from another
+    recipe, options or jaxdeq version.
+    """
+    from .. import __version__
+
+    options = recipe.options() if options is None else options
+    if not isinstance(options, recipe.options):
+        raise TypeError(
+            f"train: `options` must be a {recipe.options.__name__} for recipe "
+            f"{recipe.name!r}, got {type(options).__name__}."
+        )
+    available = jax.devices()
+    num_devices = len(available) if config.devices is None else config.devices
+    if not 1 <= num_devices <= len(available):
+        raise ValueError(
+            f"train: {num_devices} devices requested, {len(available)} available "
+            f"({jax.default_backend()}). On a CPU, set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} before "
+            "starting Python to get several host devices."
+        )
+    train_data, eval_data = recipe.data(options)
+    num_examples = len(next(iter(train_data.values())))
+    _check_config(config, num_devices, num_examples)
+
+    devices = available[:num_devices] if jax.process_count() == 1 else available
+    mesh = Mesh(np.array(devices), ("data",))
+    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    base_key = jr.PRNGKey(config.seed)
+    model = recipe.init(jr.fold_in(base_key, -1 % 2**31), options)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimiser = (
+        optax.adam(config.learning_rate)
+        if recipe.optimiser is None
+        else recipe.optimiser(config)
+    )
+    opt_state = optimiser.init(params)
+    compute = jnp.bfloat16 if config.precision == "bfloat16" else None
+
+    def loss_fn(p, batch, key):
+        m = eqx.combine(p if compute is None else _compute_dtype(p, compute), static)
+        if compute is not None:
+            batch = _compute_dtype(batch, compute)
+        value, metrics = recipe.loss(m, batch, key)
+        return value.astype(jnp.float32), metrics
+
+    @jax.jit
+    def step_fn(p, s, batch, key):
+        micro = jax.tree.map(
+            lambda x: x.reshape((config.accumulate, -1) + x.shape[1:]), batch
+        )
+
+        def body(carry, inputs):
+            i, mb = inputs
+            (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                p, mb, jr.fold_in(key, i)
+            )
+            carry = jax.tree.map(jnp.add, carry, (grads, value, metrics))
+            return carry, None
+
+        zeros = jax.eval_shape(
+            lambda: (
+                p,
+                *jax.value_and_grad(loss_fn, has_aux=True)(
+                    p, jax.tree.map(lambda x: x[0], micro), key
+                )[0],
+            )
+        )
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+        zeros = (zeros[0], zeros[1], zeros[2])
+        (grads, value, metrics), _ = jax.lax.scan(
+            body, zeros, (jnp.arange(config.accumulate), micro)
+        )
+        scale = 1.0 / config.accumulate
+        grads = jax.tree.map(lambda g: g * scale, grads)
+        updates, s = optimiser.update(grads, s, p)
+        p = eqx.apply_updates(p, updates)
+        p = jax.lax.with_sharding_constraint(p, replicated)
+        s = jax.lax.with_sharding_constraint(s, replicated)
+        metrics = jax.tree.map(lambda m: m * scale, metrics)
+        metrics["loss"] = value * scale
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        return p, s, metrics
+
+    run_dir = pathlib.Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = {
+        "recipe": recipe.name,
+        "options": repr(options),
+        "jaxdeq_version": __version__,
+        "structure": str(jax.tree.structure((params, opt_state))),
+    }
+    checkpoints = Checkpoints(run_dir / "checkpoints", config.keep, identity)
+    metrics_path = run_dir / "metrics.jsonl"
+    start_step, resumed_from = 0, None
+    if config.resume:
+        found = checkpoints.restore(
+            {
+                "params": params,
+                "opt_state": opt_state,
+                "key": base_key,
+                "data_position": np.zeros((), np.int64),
+            },
+            log,
+        )
+        if found is None:
+            log(
+                f"no intact checkpoint in {checkpoints.directory}; starting from "
+                "step 0."
+            )
+        else:
+            start_step, state, _ = found
+            params, opt_state = state["params"], state["opt_state"]
+            resumed_from = start_step
+            log(f"resumed from step {start_step} ({checkpoints.directory}).")
+    elif checkpoints.steps():
+        raise ValueError(
+            f"train: {checkpoints.directory} already holds checkpoints "
+            f"(steps {checkpoints.steps()}); pass --resume to continue that run, or "
+            "another --run-dir."
+        )
+    if start_step == 0 and metrics_path.exists():
+        metrics_path.unlink()
+
+    params = jax.device_put(params, replicated)
+    opt_state = jax.device_put(opt_state, replicated)
+
+    stop = {"signal": None}
+    previous = {}
+
+    def handler(signum, frame):
+        del frame
+        stop["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+
+    saved = {"step": start_step if resumed_from is not None else None}
+
+    def save(step):
+        if saved["step"] == step:
+            return
+        saved["step"] = step
+        checkpoints.save(
+            step,
+            {
+                "params": params,
+                "opt_state": opt_state,
+                "key": base_key,
+                "data_position": np.asarray(step, np.int64),
+            },
+            {"data_position": step, "seed": config.seed},
+        )
+
+    def global_batch(step):
+        idx = _batch_indices(step, config.seed, num_examples, config.batch_size)
+        local = np.array_split(idx, jax.process_count())[jax.process_index()]
+        return {
+            k: jax.make_array_from_process_local_data(
+                data_sharding, np.asarray(v[local])
+            )
+            for k, v in train_data.items()
+        }
+
+    history, progress = [], _Progress(config.steps, config.progress)
+    evaluate = None if recipe.evaluate is None else eqx.filter_jit(recipe.evaluate)
+    step = start_step
+    try:
+        while step < config.steps and stop["signal"] is None:
+            key = jr.fold_in(base_key, step)
+            params, opt_state, metrics = step_fn(
+                params, opt_state, global_batch(step), key
+            )
+            step += 1
+            if step % config.log_every == 0 or step == config.steps:
+                record = {"step": step, "time": time.time()}
+                record.update({k: float(v) for k, v in metrics.items()})
+                if evaluate is not None and (
+                    step % config.eval_every == 0 or step == config.steps
+                ):
+                    eval_metrics = evaluate(eqx.combine(params, static), eval_data)
+                    record.update(
+                        {f"eval_{k}": float(v) for k, v in eval_metrics.items()}
+                    )
+                history.append(record)
+                if jax.process_index() == 0:
+                    write_json_line(metrics_path, record)
+                progress.update(step, record)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save(step)
+        interrupted = stop["signal"] is not None and step < config.steps
+        if interrupted:
+            save(step)
+            log(
+                f"\nstopped by signal {stop['signal']} at step {step}; checkpoint "
+                "saved."
+            )
+    finally:
+        progress.close()
+        checkpoints.close()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return TrainResult(
+        model=eqx.combine(params, static),
+        step=step,
+        history=history,
+        interrupted=interrupted,
+        resumed_from=resumed_from,
+    )

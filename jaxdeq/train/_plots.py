@@ -1,0 +1,63 @@
+import json
+import pathlib
+
+
+def load_history(run_dir) -> list[dict]:
+    """The metric records of a run, from `run_dir/metrics.jsonl`.
+
+    **Arguments:**
+
+    - `run_dir`: the run's directory (`TrainConfig.run_dir`).
+
+    **Returns:**
+
+    A list of dicts, one per logged step.
+    """
+    path = pathlib.Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_history(history: list[dict], path) -> pathlib.Path:
+    """Loss, accuracy, solver steps and residuals over training, as one PNG.
+
+    **Arguments:**
+
+    - `history`: metric records (from [`jaxdeq.train.train`][] or
+        [`jaxdeq.train.load_history`][]).
+    - `path`: where to write the PNG.
+
+    **Returns:**
+
+    The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("loss", ("loss",), "log"),
+        ("accuracy", ("accuracy", "eval_accuracy"), "linear"),
+        ("solver steps", ("solver_steps", "eval_solver_steps"), "linear"),
+        ("relative residual", ("residual",), "log"),
+    ]
+    panels = [p for p in panels if any(k in r for r in history for k in p[1])]
+    fig, axes = plt.subplots(
+        1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3)
+    )
+    axes = [axes] if len(panels) <= 1 else list(axes)
+    for ax, (title, keys, scale) in zip(axes, panels):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in history if key in r]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, "o-" if len(points) < 30 else "-", label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_yscale(scale)
+        ax.legend()
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

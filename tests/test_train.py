@@ -1,0 +1,226 @@
+"""jaxdeq.train: sharding, checkpoint and resume (also after SIGKILL), bad input."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import jaxdeq.train as jtrain
+from jaxdeq.cli import main
+
+
+SMALL = jtrain.DEQDigitsOptions(hidden=16)
+BASE = dict(
+    batch_size=64,
+    log_every=5,
+    eval_every=100,
+    checkpoint_every=10,
+    learning_rate=3e-3,
+    progress=False,
+)
+CLI = "import sys; from jaxdeq.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.fixture(autouse=True)
+def standard_promotion():
+    # Training runs as a user runs it: optax relies on standard dtype promotion.
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def _flat(model):
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    return np.concatenate([np.ravel(np.asarray(x)) for x in leaves])
+
+
+def _record(run_dir, step):
+    path = pathlib.Path(run_dir) / "checkpoints" / str(step) / "record" / "metadata"
+    return json.loads(path.read_text())
+
+
+def _train(run_dir, steps, **kwargs):
+    config = jtrain.TrainConfig(steps=steps, run_dir=str(run_dir), **{**BASE, **kwargs})
+    messages = []
+    result = jtrain.train(jtrain.DEQ_DIGITS, config, SMALL, log=messages.append)
+    return result, messages
+
+
+def test_damaged_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
+    straight, _ = _train(tmp_path / "a", 30)
+    _train(tmp_path / "b", 20)
+    step20 = tmp_path / "b" / "checkpoints" / "20"
+    files = [f for f in step20.rglob("*") if f.is_file() and "state" in f.parts]
+    victim = max(files, key=lambda f: f.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    resumed, messages = _train(tmp_path / "b", 30, resume=True)
+    assert resumed.resumed_from == 10
+    assert any("damaged" in m for m in messages)
+    assert (tmp_path / "b" / "damaged" / "20").exists()  # kept, not deleted
+    np.testing.assert_array_equal(_flat(resumed.model), _flat(straight.model))
+    history = jtrain.load_history(tmp_path / "b")
+    assert [r["step"] for r in history][-1] == 30
+    assert jtrain.plot_history(history, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_bad_input_fails_before_compute(tmp_path):
+    with pytest.raises(ValueError, match="does not divide"):
+        _train(tmp_path / "c", 5, accumulate=3)
+    with pytest.raises(ValueError, match="devices requested"):
+        _train(tmp_path / "c", 5, devices=jax.device_count() + 1)
+    _train(tmp_path / "d", 10)
+    with pytest.raises(ValueError, match="--resume"):
+        _train(tmp_path / "d", 10)
+    other = dataclasses.replace(SMALL, hidden=8)
+    config = jtrain.TrainConfig(
+        steps=10, run_dir=str(tmp_path / "d"), resume=True, **BASE
+    )
+    with pytest.raises(ValueError, match="another"):
+        jtrain.train(jtrain.DEQ_DIGITS, config, other)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "no-such-recipe"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["train", "deq-digits", "--no-such-option", "1"])
+
+
+def _cli(run_dir, *extra):
+    return [
+        sys.executable,
+        "-c",
+        CLI,
+        "train",
+        "deq-digits",
+        "--hidden",
+        "16",
+        "--steps",
+        "30",
+        "--checkpoint-every",
+        "5",
+        "--log-every",
+        "5",
+        "--learning-rate",
+        "0.003",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run(_cli(tmp_path / "a"), check=True, env=env, capture_output=True)
+    victim = subprocess.Popen(_cli(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "b" / "checkpoints" / "10").exists():
+        assert time.time() < deadline and victim.poll() is None
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = subprocess.run(
+        _cli(tmp_path / "b", "--resume"), env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "resumed from step" in done.stdout
+    assert (
+        _record(tmp_path / "b", 30)["checksum"]
+        == _record(tmp_path / "a", 30)["checksum"]
+    )
+
+
+_DEVICES_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import jax, jax.numpy as jnp, equinox as eqx
+    import jaxdeq.data, jaxdeq.train as jtrain
+
+    assert jax.device_count() == 4
+    config = jtrain.TrainConfig(steps=3, batch_size=64, log_every=1, progress=False,
+                                run_dir=tempfile.mkdtemp())
+    result = jtrain.train(jtrain.DEQ_DIGITS, config, jtrain.DEQDigitsOptions(hidden=16),
+                          log=lambda s: None)
+    losses = [r["loss"] for r in result.history]
+
+    # A pmap-ed DEQ training step on 2 devices, the legacy API.
+    model = jtrain.DEQDigitsClassifier(jtrain.DEQDigitsOptions(hidden=16),
+                                       jax.random.PRNGKey(0))
+    x, y, _, _ = jaxdeq.data.load_digits()
+    def loss(m, xb, yb):
+        logits, _ = jax.vmap(m)(xb)
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(yb.shape[0]), yb])
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    def step(p, xb, yb):
+        g = jax.grad(lambda q: loss(eqx.combine(q, static), xb, yb))(p)
+        g = jax.lax.pmean(g, "devices")
+        return jax.tree.map(lambda a, b: a - 0.1 * b, p, g)
+    replicated = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+    out = jax.pmap(step, axis_name="devices", devices=jax.devices()[:2])(
+        replicated, x[:32].reshape(2, 16, 64), y[:32].reshape(2, 16))
+    single = jax.tree.map(
+        lambda a, b: a - 0.1 * b, params,
+        jax.grad(lambda q: loss(eqx.combine(q, static), x[:32], y[:32]))(params))
+    diff = max(float(jnp.max(jnp.abs(a[0] - b))) for a, b in
+               zip(jax.tree.leaves(out), jax.tree.leaves(single)))
+    print(json.dumps({"losses": losses, "pmap_diff": diff}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_and_pmap_step_runs(tmp_path):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    env.pop("JAX_ENABLE_X64", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _DEVICES_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    sharded = json.loads(out.stdout.strip().splitlines()[-1])
+    single, _ = _train(tmp_path / "one", 3, log_every=1, learning_rate=1e-3)
+    # Same model, data and keys; only the reduction order of the batch mean differs.
+    np.testing.assert_allclose(
+        sharded["losses"], [r["loss"] for r in single.history], rtol=1e-5
+    )
+    assert sharded["pmap_diff"] < 1e-5
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = _cli(tmp_path / "t")
+    cmd[cmd.index("30")] = "5000"
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "t" / "checkpoints" / "5").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    assert "checkpoint saved" in out and "--resume" in out
+    steps = sorted(
+        int(p.name)
+        for p in (tmp_path / "t" / "checkpoints").iterdir()
+        if p.name.isdigit()
+    )
+    assert steps[-1] < 5000 and _record(tmp_path / "t", steps[-1])["step"] == steps[-1]
