@@ -259,33 +259,33 @@ def train(
         value, metrics = recipe.loss(m, batch, key)
         return value.astype(jnp.float32), metrics
 
+    def grad_fn(p, batch, key):
+        (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            p, batch, key
+        )
+        return grads, value, metrics
+
     @jax.jit
     def step_fn(p, s, batch, key):
-        micro = jax.tree.map(
-            lambda x: x.reshape((config.accumulate, -1) + x.shape[1:]), batch
-        )
-
-        def body(carry, inputs):
-            i, mb = inputs
-            (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                p, mb, jr.fold_in(key, i)
+        if config.accumulate == 1:
+            grads, value, metrics = grad_fn(p, batch, key)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape((config.accumulate, -1) + x.shape[1:]), batch
             )
-            carry = jax.tree.map(jnp.add, carry, (grads, value, metrics))
-            return carry, None
 
-        zeros = jax.eval_shape(
-            lambda: (
-                p,
-                *jax.value_and_grad(loss_fn, has_aux=True)(
-                    p, jax.tree.map(lambda x: x[0], micro), key
-                )[0],
+            def body(carry, inputs):
+                i, mb = inputs
+                out = grad_fn(p, mb, jr.fold_in(key, i))
+                return jax.tree.map(jnp.add, carry, out), None
+
+            shapes = jax.eval_shape(
+                grad_fn, p, jax.tree.map(lambda x: x[0], micro), key
             )
-        )
-        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
-        zeros = (zeros[0], zeros[1], zeros[2])
-        (grads, value, metrics), _ = jax.lax.scan(
-            body, zeros, (jnp.arange(config.accumulate), micro)
-        )
+            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+            (grads, value, metrics), _ = jax.lax.scan(
+                body, zeros, (jnp.arange(config.accumulate), micro)
+            )
         scale = 1.0 / config.accumulate
         grads = jax.tree.map(lambda g: g * scale, grads)
         updates, s = optimiser.update(grads, s, p)
