@@ -32,7 +32,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 import optax
 
 import jaxdeq
@@ -98,8 +97,10 @@ _DEVICE_SCRIPT = """
 import json, sys, tempfile
 import jaxdeq.train as jtrain
 n, steps = int(sys.argv[1]), int(sys.argv[2])
-config = jtrain.TrainConfig(steps=steps, batch_size=256, devices=n, log_every=10,
-    eval_every=10**9, checkpoint_every=10**9, progress=False, run_dir=tempfile.mkdtemp())
+config = jtrain.TrainConfig(
+    steps=steps, batch_size=256, devices=n, log_every=10, eval_every=10**9,
+    checkpoint_every=10**9, progress=False, run_dir=tempfile.mkdtemp(),
+)
 r = jtrain.train(jtrain.DEQ_DIGITS, config, log=lambda s: None)
 t = {h["step"]: h["time"] for h in r.history}
 print(json.dumps({"step_time": (t[steps] - t[10]) / (steps - 10)}))
@@ -158,7 +159,8 @@ def main(argv=None):
         "",
         f"| loop | step time (median of {args.repeats}) | ratio |",
         "|---|---|---|",
-        f"| plain JAX loop (hand-written) | {overhead['plain_step_s'] * 1e3:.2f} ms | 1.00 |",
+        "| plain JAX loop (hand-written) | "
+        f"{overhead['plain_step_s'] * 1e3:.2f} ms | 1.00 |",
         f"| jaxdeq.train.train | {overhead['jaxdeq_step_s'] * 1e3:.2f} ms | "
         f"{1 + overhead['overhead']:.3f} |",
         "",
@@ -167,7 +169,8 @@ def main(argv=None):
     ]
     for d in devices:
         lines.append(
-            f"| {d['devices']} | {d['step_s'] * 1e3:.1f} ms | {d['examples_per_s']:.0f} |"
+            f"| {d['devices']} | {d['step_s'] * 1e3:.1f} ms | "
+            f"{d['examples_per_s']:.0f} |"
         )
     lines.append("")
     lines.append("Forced host devices share this machine's cores: informational only.")
