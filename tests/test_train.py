@@ -239,3 +239,62 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
         rtol=1e-5,
     )
     np.testing.assert_allclose(_flat(halves.model), _flat(full.model), atol=1e-5)
+
+
+_DISTRIBUTED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    pid, port, run_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid
+    )
+    import jaxdeq.train as jtrain
+    config = jtrain.TrainConfig(steps=4, batch_size=64, log_every=1, eval_every=2,
+                                checkpoint_every=2, progress=False, run_dir=run_dir)
+    r = jtrain.train(jtrain.DEQ_DIGITS, config, jtrain.DEQDigitsOptions(hidden=16),
+                     log=lambda s: None)
+    print(json.dumps({"devices": jax.device_count(),
+                      "losses": [h["loss"] for h in r.history]}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _DISTRIBUTED_SCRIPT,
+                str(i),
+                port,
+                str(tmp_path / "d"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert all(r["devices"] == 2 for r in results)
+    assert results[0]["losses"] == results[1]["losses"]
+    single, _ = _train(tmp_path / "one", 4, log_every=1, learning_rate=1e-3)
+    np.testing.assert_allclose(
+        results[0]["losses"], [r["loss"] for r in single.history], rtol=1e-5
+    )
+    assert (tmp_path / "d" / "checkpoints" / "4").exists()

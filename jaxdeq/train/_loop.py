@@ -313,7 +313,7 @@ def train(
             {
                 "params": params,
                 "opt_state": opt_state,
-                "key": base_key,
+                "key": np.asarray(base_key),
                 "data_position": np.zeros((), np.int64),
             },
             log,
@@ -364,7 +364,7 @@ def train(
             {
                 "params": params,
                 "opt_state": opt_state,
-                "key": base_key,
+                "key": np.asarray(base_key),
                 "data_position": np.asarray(step, np.int64),
             },
             {"data_position": step, "seed": config.seed},
