@@ -66,7 +66,7 @@ def plain_run(steps, seed):
     options = jtrain.DEQDigitsOptions()
     train, _ = jtrain.DEQ_DIGITS.data(options)
     key = jr.PRNGKey(seed)
-    model = jtrain.DEQDigitsClassifier(options, jr.fold_in(key, -1 % 2**31))
+    model = jtrain.DEQDigitsClassifier(options, jr.split(key)[0])
     opt = optax.adam(1e-3)
     state = opt.init(eqx.filter(model, eqx.is_inexact_array))
 

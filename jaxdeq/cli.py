@@ -287,7 +287,9 @@ def _run_train(args: argparse.Namespace) -> int:
         return 2
     if result.history:
         last = result.history[-1]
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("time",))
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in last.items() if k not in ("time", "step")
+        )
         print(f"step {result.step}/{config.steps}: {shown}")
         plot = plot_history(result.history, f"{config.run_dir}/training.png")
         print(f"metrics: {config.run_dir}/metrics.jsonl  plots: {plot}")

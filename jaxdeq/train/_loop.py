@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import pathlib
 import signal
 import sys
@@ -137,12 +138,18 @@ def _check_config(config: TrainConfig, num_devices: int, num_examples: int):
         )
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
 def _batch_indices(step: int, seed: int, num_examples: int, batch_size: int):
     """The global batch of `step`: a fresh seeded permutation each epoch, so the data
     position is a function of the step alone and a resumed run sees the same data."""
     per_epoch = num_examples // batch_size
     epoch, offset = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    # One permutation per epoch, not per step: the batch loop stays light.
+    perm = _epoch_permutation(seed, epoch, num_examples)
     return perm[offset * batch_size : (offset + 1) * batch_size]
 
 
@@ -242,7 +249,9 @@ def train(
     replicated = NamedSharding(mesh, PartitionSpec())
 
     base_key = jr.PRNGKey(config.seed)
-    model = recipe.init(jr.fold_in(base_key, -1 % 2**31), options)
+    # Initialisation gets its own stream; steps use fold_in(base_key, step >= 0).
+    init_key, _ = jr.split(base_key)
+    model = recipe.init(init_key, options)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimiser = (
         optax.adam(config.learning_rate)
