@@ -3,6 +3,7 @@
 import importlib.metadata
 
 from . import (
+    attractor as attractor,
     econ as econ,
     ep as ep,
     graph as graph,

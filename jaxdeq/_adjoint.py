@@ -336,11 +336,17 @@ class NeumannAdjoint(AbstractDEQAdjoint):
     """
 
     terms: int = 1
+    clip: float | None = None
     monitor: bool = False
     throw: bool = True
 
     def __check_init__(self):
         check_positive_int("NeumannAdjoint", "terms", self.terms, minimum=0)
+        if self.clip is not None and not float(self.clip) > 0:
+            raise ValueError(
+                "NeumannAdjoint: `clip` must be None or > 0 (e.g. clip=1.0), got "
+                f"{self.clip!r}."
+            )
 
     def _backward(self, rewrite, root, cotangent, diff, inputs):
         del inputs
@@ -352,6 +358,12 @@ class NeumannAdjoint(AbstractDEQAdjoint):
             return term, (total**ω + term**ω).ω
 
         _, w = jax.lax.fori_loop(0, self.terms, body, (cotangent, cotangent))
+        if self.clip is not None:
+            correction = (w**ω - cotangent**ω).ω
+            limit = self.clip * optx.two_norm(cotangent)
+            size = optx.two_norm(correction)
+            scale = jnp.where(size > limit, limit / jnp.where(size > 0, size, 1), 1)
+            w = (cotangent**ω + (scale * correction**ω)).ω
         residual = lin.system_residual(w, cotangent) if self.monitor else jnp.nan
         return lin.parameter_vjp(w), _stats(self.terms, residual, 1)
 
@@ -359,6 +371,9 @@ class NeumannAdjoint(AbstractDEQAdjoint):
 NeumannAdjoint.__init__.__doc__ = r"""**Arguments:**
 
 - `terms`: $k \ge 0$, the highest power of $J^\top$ in the series.
+- `clip`: if set, the correction $w - v = \sum_{i \ge 1} (J^\top)^i v$ is rescaled
+    to norm at most `clip` $\cdot \|v\|_2$ (a guard against an expansive $J$
+    early in training, where the series can blow up); `None` (default) keeps it.
 - `monitor`: also measure the residual of $(I - J^\top) w = v$ (one extra
     vector–Jacobian product), reported as `BackwardStats.residual`.
 - `throw`: unused by this adjoint (it cannot fail); kept for a uniform interface.

@@ -227,8 +227,9 @@ def _add_train_parser(commands) -> None:
         description="Train a recipe data-parallel over the available devices "
         "(batch sharded, parameters replicated), with orbax checkpoints every N "
         "steps and on SIGTERM/SIGINT, --resume from the newest intact checkpoint, "
-        "metrics as JSON lines and plots in --run-dir. Recipes: "
-        + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+        "metrics as JSON lines and plots in --run-dir. Recipes (`jaxdeq train RECIPE "
+        "--help` for each one's options): "
+        + " ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
     )
     recipes = train.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
     for recipe in RECIPES.values():

@@ -77,6 +77,8 @@ def test_bad_input_fails_before_compute(tmp_path):
         _train(tmp_path / "c", 5, accumulate=3)
     with pytest.raises(ValueError, match="devices requested"):
         _train(tmp_path / "c", 5, devices=jax.device_count() + 1)
+    with pytest.raises(ValueError, match="model_parallel=2 does not divide"):
+        _train(tmp_path / "c", 5, devices=1, model_parallel=2)
     _train(tmp_path / "d", 10)
     with pytest.raises(ValueError, match="--resume"):
         _train(tmp_path / "d", 10)
@@ -152,6 +154,18 @@ _DEVICES_SCRIPT = textwrap.dedent(
                           log=lambda s: None)
     losses = [r["loss"] for r in result.history]
 
+    # A 2 x 2 mesh: batch split two ways, arrays of >= 256 elements split along
+    # the second ("model") axis.
+    config = jtrain.TrainConfig(steps=3, batch_size=64, log_every=1, progress=False,
+                                run_dir=tempfile.mkdtemp(), model_parallel=2,
+                                shard_threshold=256)
+    result = jtrain.train(jtrain.DEQ_DIGITS, config, jtrain.DEQDigitsOptions(hidden=16),
+                          log=lambda s: None)
+    model_losses = [r["loss"] for r in result.history]
+    leaves = jax.tree.leaves(eqx.filter(result.model, eqx.is_inexact_array))
+    split = [x.shape for x in leaves if "model" in tuple(x.sharding.spec)]
+    whole = [x.shape for x in leaves if "model" not in tuple(x.sharding.spec)]
+
     # A pmap-ed DEQ training step on 2 devices, the legacy API.
     model = jtrain.DEQDigitsClassifier(jtrain.DEQDigitsOptions(hidden=16),
                                        jax.random.PRNGKey(0))
@@ -172,7 +186,8 @@ _DEVICES_SCRIPT = textwrap.dedent(
         jax.grad(lambda q: loss(eqx.combine(q, static), x[:32], y[:32]))(params))
     diff = max(float(jnp.max(jnp.abs(a[0] - b))) for a, b in
                zip(jax.tree.leaves(out), jax.tree.leaves(single)))
-    print(json.dumps({"losses": losses, "pmap_diff": diff}))
+    print(json.dumps({"losses": losses, "pmap_diff": diff, "model_losses": model_losses,
+                      "split": split, "whole": whole}))
     """
 )
 
@@ -200,6 +215,12 @@ def test_four_devices_match_one_and_pmap_step_runs(tmp_path):
         sharded["losses"], [r["loss"] for r in single.history], rtol=1e-5
     )
     assert sharded["pmap_diff"] < 1e-5
+    # Parameters split along the mesh's "model" axis train like one device.
+    np.testing.assert_allclose(
+        sharded["model_losses"], [r["loss"] for r in single.history], rtol=1e-5
+    )
+    assert [16, 16] in sharded["split"] and [16, 64] in sharded["split"]
+    assert all(np.prod(shape) < 256 for shape in sharded["whole"])
 
 
 @pytest.mark.slow
@@ -298,3 +319,129 @@ def test_two_processes_agree_with_one(tmp_path):
         results[0]["losses"], [r["loss"] for r in single.history], rtol=1e-5
     )
     assert (tmp_path / "d" / "checkpoints" / "4").exists()
+
+
+def test_backward_statistics_logged_and_bfloat16_compute(tmp_path):
+    full, _ = _train(tmp_path / "f32", 20, log_every=1, tensorboard=True)
+    half, _ = _train(tmp_path / "bf16", 20, log_every=1, precision="bfloat16")
+    # The implicit backward solve is logged every step: it ran, converged and met
+    # its tolerance (float32: rtol 1e-6). In bfloat16 (tolerance 1e-2) the logged
+    # residual is a batch mean of relative residuals measured with bfloat16
+    # products, which is large for examples whose cotangent is nearly zero (the
+    # well-classified ones): it is only bounded, not small.
+    for result, tol in ((full, 1e-5), (half, 1.0)):
+        first, last = result.history[0], result.history[-1]
+        for record in result.history:
+            assert 1 <= record["backward_steps"] < 100
+            assert record["backward_failed"] == 0.0
+            assert record["backward_residual"] < tol
+            assert record["failed"] == 0.0 and record["solver_steps"] < 30
+        assert np.isfinite(last["loss"]) and last["loss"] < 0.8 * first["loss"]
+        # Parameters and optimiser state stay float32 whatever the compute dtype.
+        dtypes = {
+            x.dtype
+            for x in jax.tree.leaves(eqx.filter(result.model, eqx.is_inexact_array))
+        }
+        assert dtypes == {np.dtype("float32")}
+    # bfloat16 has 8 bits of mantissa: the first loss agrees to about 1 %.
+    np.testing.assert_allclose(
+        half.history[0]["loss"], full.history[0]["loss"], rtol=2e-2
+    )
+    assert half.history[-1]["loss"] < 1.2 * full.history[-1]["loss"]
+    lines = (tmp_path / "f32" / "metrics.jsonl").read_text().splitlines()
+    assert "backward_residual" in json.loads(lines[-1])
+    # The same scalars as TensorBoard events.
+    scalars = _tensorboard_scalars(tmp_path / "f32" / "tensorboard")
+    for name in ("loss", "backward_residual", "solver_steps"):
+        logged = [(r["step"], r[name]) for r in full.history]
+        np.testing.assert_allclose(scalars[name], logged, rtol=1e-6)
+
+
+def _tensorboard_scalars(directory):
+    """Read scalar summaries from event files (TFRecord framing of Event protos)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = np.frombuffer(data[offset : offset + 8], "<u8")
+            event = event_pb2.Event.FromString(
+                data[offset + 12 : offset + 12 + int(length)]
+            )
+            offset += 12 + int(length) + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(
+                    (event.step, value.simple_value)
+                )
+    return scalars
+
+
+def test_attractor_recipe_trains_and_evaluates(tmp_path):
+    options = jtrain.AttractorSudokuOptions(
+        dim=16, train_puzzles=64, augment=2, test_puzzles=16
+    )
+    config = jtrain.TrainConfig(
+        steps=6,
+        batch_size=16,
+        log_every=3,
+        eval_every=6,
+        checkpoint_every=6,
+        learning_rate=3e-3,
+        progress=False,
+        run_dir=str(tmp_path),
+    )
+    result = jtrain.train(jtrain.ATTRACTOR_SUDOKU, config, options, log=lambda m: None)
+    last = result.history[-1]
+    assert last["loss"] < result.history[0]["loss"]
+    assert last["backward_steps"] == 2.0  # the phantom gradient's k
+    assert last["failed"] == 0.0 and last["solver_steps"] >= 2
+    for key in ("eval_accuracy", "eval_accuracy_T0", "eval_internalization"):
+        assert 0 <= last[key] <= 1.5
+    assert (tmp_path / "checkpoints" / "6").exists()
+
+
+@pytest.mark.parametrize(
+    "name, options, precision, solver_metric",
+    [
+        (
+            "monotone-digits",
+            jtrain.MonotoneDigitsOptions(hidden=16),
+            "float32",
+            "residual",
+        ),
+        (
+            "monotone-digits",
+            jtrain.MonotoneDigitsOptions(hidden=16),
+            "bfloat16",
+            "residual",
+        ),
+        ("node-digits", jtrain.NODEDigitsOptions(hidden=8, width=16), "float32", "nfe"),
+    ],
+)
+def test_other_family_recipes_train(tmp_path, name, options, precision, solver_metric):
+    config = jtrain.TrainConfig(
+        steps=8,
+        batch_size=32,
+        log_every=4,
+        eval_every=8,
+        checkpoint_every=8,
+        learning_rate=3e-3,
+        progress=False,
+        precision=precision,
+        run_dir=str(tmp_path),
+    )
+    result = jtrain.train(jtrain.RECIPES[name], config, options, log=lambda m: None)
+    first, last = result.history[0], result.history[-1]
+    assert last["loss"] < first["loss"]
+    assert np.isfinite(last[solver_metric]) and last["eval_accuracy"] > 0.15
+    if name == "monotone-digits":
+        # The unique fixed point is found, and so is the transposed splitting's
+        # (stopping test |f(z) - z| <= 1e-4 + 1e-4 |f(z)|: relative residual about
+        # 1e-4 for |f(z)| of order one).
+        assert last["failed"] == 0.0 and last["residual"] < 5e-4
+        assert last["backward_failed"] == 0.0 and last["backward_steps"] >= 1
+    else:
+        assert last["nfe"] >= 6  # Dopri5: at least one accepted step of 6 stages
+    assert (tmp_path / "checkpoints" / "8").exists()

@@ -8,8 +8,16 @@ from ._loop import (
 )
 from ._plots import load_history as load_history, plot_history as plot_history
 from ._recipes import (
+    ATTRACTOR_SUDOKU as ATTRACTOR_SUDOKU,
+    AttractorSudokuOptions as AttractorSudokuOptions,
     DEQ_DIGITS as DEQ_DIGITS,
     DEQDigitsClassifier as DEQDigitsClassifier,
     DEQDigitsOptions as DEQDigitsOptions,
+    MONOTONE_DIGITS as MONOTONE_DIGITS,
+    MonotoneDigitsClassifier as MonotoneDigitsClassifier,
+    MonotoneDigitsOptions as MonotoneDigitsOptions,
+    NODE_DIGITS as NODE_DIGITS,
+    NODEDigitsClassifier as NODEDigitsClassifier,
+    NODEDigitsOptions as NODEDigitsOptions,
     RECIPES as RECIPES,
 )

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PRNGKeyArray
 
+from .._stats import BackwardStats
 from ._checkpoint import Checkpoints, write_json_line
 
 
@@ -29,7 +30,15 @@ class TrainConfig:
     - `batch_size`: the global batch, split across devices (and processes).
     - `learning_rate`: of the recipe's optimiser (Adam unless the recipe says).
     - `seed`: initialisation, data order and per-step keys all derive from it.
-    - `devices`: how many devices to shard the batch over (default: all).
+    - `devices`: how many devices to use (default: all).
+    - `model_parallel`: the size of the device mesh's second axis, `model`
+        (default 1: pure data parallelism). The batch is split along the first axis,
+        `data` (`devices / model_parallel` ways); parameter and optimiser-state
+        arrays with at least `shard_threshold` elements are split along `model`
+        (on their largest axis divisible by it), smaller ones replicated. XLA
+        inserts the gathers the computation needs.
+    - `shard_threshold`: the element count from which arrays are split along
+        `model`.
     - `accumulate`: micro-batches per step (gradient accumulation).
     - `precision`: `"float32"`, or `"bfloat16"` to compute in bfloat16 while the
         parameters, optimiser state and solver bookkeeping stay in float32.
@@ -39,6 +48,9 @@ class TrainConfig:
     - `run_dir`: where checkpoints, `metrics.jsonl` and plots go.
     - `resume`: continue from the newest intact checkpoint in `run_dir`.
     - `progress`: draw a progress line on stderr.
+    - `tensorboard`: also write every logged metric as TensorBoard scalars to
+        `run_dir/tensorboard` (needs `tensorboardX`:
+        `pip install "jaxdeq[tensorboard]"`).
     """
 
     steps: int = 200
@@ -46,6 +58,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     devices: int | None = None
+    model_parallel: int = 1
+    shard_threshold: int = 2**16
     accumulate: int = 1
     precision: Literal["float32", "bfloat16"] = "float32"
     log_every: int = 10
@@ -55,6 +69,7 @@ class TrainConfig:
     run_dir: str = "runs/train"
     resume: bool = False
     progress: bool = True
+    tensorboard: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +88,12 @@ class Recipe:
         (e.g. solver steps and residuals), for one global batch.
     - `evaluate(model, batch) -> metrics`: on the evaluation data (optional).
     - `optimiser(config) -> optax.GradientTransformation` (default: Adam).
+    - `backward_stats`: if `True`, `loss` takes a fourth argument, a
+        [`jaxdeq.BackwardStats`][] probe with one entry per example of the batch,
+        to pass on to the model's solves; the loop differentiates with respect to
+        it and logs the backward solves' mean steps (`backward_steps`), mean
+        relative residual (`backward_residual`, NaN where the backward mode does not
+        measure it) and failure fraction (`backward_failed`) every step.
     """
 
     name: str
@@ -83,6 +104,7 @@ class Recipe:
     loss: Callable[[eqx.Module, dict[str, Array], PRNGKeyArray], tuple[Array, dict]]
     evaluate: Callable[[eqx.Module, dict[str, Array]], dict] | None = None
     optimiser: Callable[[TrainConfig], optax.GradientTransformation] | None = None
+    backward_stats: bool = False
 
 
 @dataclasses.dataclass
@@ -109,6 +131,8 @@ def _check_config(config: TrainConfig, num_devices: int, num_examples: int):
     for label in (
         "steps",
         "batch_size",
+        "model_parallel",
+        "shard_threshold",
         "accumulate",
         "log_every",
         "eval_every",
@@ -123,11 +147,18 @@ def _check_config(config: TrainConfig, num_devices: int, num_examples: int):
             "train: `precision` must be 'float32' or 'bfloat16', got "
             f"{config.precision!r}."
         )
-    per_step = num_devices * config.accumulate
+    if num_devices % config.model_parallel:
+        raise ValueError(
+            f"train: model_parallel={config.model_parallel} does not divide the "
+            f"{num_devices} device(s); use a divisor of {num_devices}."
+        )
+    data_parallel = num_devices // config.model_parallel
+    per_step = data_parallel * config.accumulate
     if config.batch_size % per_step:
         raise ValueError(
             f"train: batch size {config.batch_size} does not divide across "
-            f"{num_devices} device(s) x {config.accumulate} accumulation step(s); "
+            f"{data_parallel} data-parallel device group(s) x {config.accumulate} "
+            "accumulation step(s); "
             f"use a multiple of {per_step}, e.g. --batch-size "
             f"{per_step * max(1, config.batch_size // per_step)}."
         )
@@ -197,13 +228,15 @@ def train(
     The global batch is sharded along a `data` mesh axis over `config.devices`
     devices (under `jax.distributed.initialize()`, over every process's devices,
     each process feeding its own slice of each batch); parameters and optimiser
-    state are replicated. One jitted step computes the loss and the gradient
-    (averaged over the global batch, with `config.accumulate` micro-batches) and
-    applies the optimiser. The per-step key is `fold_in(key(seed), step)` and the
-    data order a function of `(seed, step)`, so a run resumed from a checkpoint
-    reproduces an uninterrupted one exactly. Checkpoints (orbax-checkpoint: the
-    parameters, optimiser state, step, key and data position) are written every
-    `config.checkpoint_every` steps, at the end, and on SIGTERM/SIGINT.
+    state are replicated, or, with `config.model_parallel > 1`, large arrays are
+    split along a second mesh axis, `model`. One jitted step computes the loss and
+    the gradient (averaged over the global batch, with `config.accumulate`
+    micro-batches) and applies the optimiser. The per-step key is
+    `fold_in(key(seed), step)` and the data order a function of `(seed, step)`,
+    so a run resumed from a checkpoint reproduces an uninterrupted one exactly.
+    Checkpoints (orbax-checkpoint: the parameters, optimiser state, step, key and
+    data position) are written every `config.checkpoint_every` steps, at the end,
+    and on SIGTERM/SIGINT.
 
     **Arguments:**
 
@@ -230,6 +263,16 @@ def train(
             f"train: `options` must be a {recipe.options.__name__} for recipe "
             f"{recipe.name!r}, got {type(options).__name__}."
         )
+    summary_writer = None
+    if config.tensorboard:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "train: tensorboard=True (--tensorboard) writes event files with "
+                "tensorboardX, which is not installed; run "
+                '`pip install "jaxdeq[tensorboard]"` or leave TensorBoard off.'
+            ) from e
     available = jax.devices()
     num_devices = len(available) if config.devices is None else config.devices
     if not 1 <= num_devices <= len(available):
@@ -244,9 +287,29 @@ def train(
     _check_config(config, num_devices, num_examples)
 
     devices = available[:num_devices] if jax.process_count() == 1 else available
-    mesh = Mesh(np.array(devices), ("data",))
+    model_parallel = config.model_parallel
+    mesh = Mesh(
+        np.array(devices).reshape(len(devices) // model_parallel, model_parallel),
+        ("data", "model"),
+    )
     data_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
+
+    def sharding_of(x):
+        """Split large arrays along `model` on their largest divisible axis."""
+        shape = np.shape(x)
+        if model_parallel == 1 or int(np.prod(shape)) < config.shard_threshold:
+            return replicated
+        axes = [i for i, n in enumerate(shape) if n % model_parallel == 0]
+        if not axes:
+            return replicated
+        axis = max(axes, key=lambda i: shape[i])
+        spec = [None] * len(shape)
+        spec[axis] = "model"
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    def shardings(tree):
+        return jax.tree.map(sharding_of, tree)
 
     base_key = jr.PRNGKey(config.seed)
     # Initialisation gets its own stream; steps use fold_in(base_key, step >= 0).
@@ -261,17 +324,28 @@ def train(
     opt_state = optimiser.init(params)
     compute = jnp.bfloat16 if config.precision == "bfloat16" else None
 
-    def loss_fn(p, batch, key):
+    def loss_fn(p, batch, key, *probe):
         m = eqx.combine(p if compute is None else _compute_dtype(p, compute), static)
         if compute is not None:
             batch = _compute_dtype(batch, compute)
-        value, metrics = recipe.loss(m, batch, key)
+        value, metrics = recipe.loss(m, batch, key, *probe)
         return value.astype(jnp.float32), metrics
 
     def grad_fn(p, batch, key):
-        (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            p, batch, key
-        )
+        if not recipe.backward_stats:
+            (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                p, batch, key
+            )
+            return grads, value, metrics
+        # The backward solves' statistics arrive as the gradient of a zero probe.
+        probe = BackwardStats.probe((jax.tree.leaves(batch)[0].shape[0],))
+        (value, metrics), (grads, stats) = jax.value_and_grad(
+            lambda p, probe: loss_fn(p, batch, key, probe), argnums=(0, 1), has_aux=True
+        )(p, probe)
+        metrics = dict(metrics)
+        metrics["backward_steps"] = jnp.mean(stats.num_steps)
+        metrics["backward_residual"] = jnp.nanmean(stats.residual)
+        metrics["backward_failed"] = 1.0 - jnp.mean(stats.success)
         return grads, value, metrics
 
     @jax.jit
@@ -299,8 +373,8 @@ def train(
         grads = jax.tree.map(lambda g: g * scale, grads)
         updates, s = optimiser.update(grads, s, p)
         p = eqx.apply_updates(p, updates)
-        p = jax.lax.with_sharding_constraint(p, replicated)
-        s = jax.lax.with_sharding_constraint(s, replicated)
+        p = jax.lax.with_sharding_constraint(p, shardings(p))
+        s = jax.lax.with_sharding_constraint(s, shardings(s))
         metrics = jax.tree.map(lambda m: m * scale, metrics)
         metrics["loss"] = value * scale
         metrics["grad_norm"] = optax.tree.norm(grads)
@@ -346,8 +420,8 @@ def train(
     if start_step == 0 and metrics_path.exists():
         metrics_path.unlink()
 
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(opt_state, replicated)
+    params = jax.device_put(params, shardings(params))
+    opt_state = jax.device_put(opt_state, shardings(opt_state))
 
     stop = {"signal": None}
     previous = {}
@@ -390,6 +464,8 @@ def train(
         }
 
     history, progress = [], _Progress(config.steps, config.progress)
+    if config.tensorboard and jax.process_index() == 0:
+        summary_writer = SummaryWriter(str(run_dir / "tensorboard"))
     evaluate = None if recipe.evaluate is None else eqx.filter_jit(recipe.evaluate)
     step = start_step
     try:
@@ -412,6 +488,10 @@ def train(
                 history.append(record)
                 if jax.process_index() == 0:
                     write_json_line(metrics_path, record)
+                if summary_writer is not None:
+                    for name, value in record.items():
+                        if name not in ("step", "time"):
+                            summary_writer.add_scalar(name, value, step)
                 progress.update(step, record)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save(step)
@@ -424,6 +504,8 @@ def train(
             )
     finally:
         progress.close()
+        if summary_writer is not None:
+            summary_writer.close()
         checkpoints.close()
         for sig, old in previous.items():
             signal.signal(sig, old)

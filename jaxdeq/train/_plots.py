@@ -18,7 +18,8 @@ def load_history(run_dir) -> list[dict]:
 
 
 def plot_history(history: list[dict], path) -> pathlib.Path:
-    """Loss, accuracy, solver steps and residuals over training, as one PNG.
+    """Loss, accuracy, solver steps and residuals (forward and backward) over
+    training, as one PNG.
 
     **Arguments:**
 
@@ -39,7 +40,7 @@ def plot_history(history: list[dict], path) -> pathlib.Path:
         ("loss", ("loss",), "log"),
         ("accuracy", ("accuracy", "eval_accuracy"), "linear"),
         ("solver steps", ("solver_steps", "eval_solver_steps"), "linear"),
-        ("relative residual", ("residual",), "log"),
+        ("relative residual", ("residual", "backward_residual"), "log"),
     ]
     panels = [p for p in panels if any(k in r for r in history for k in p[1])]
     fig, axes = plt.subplots(

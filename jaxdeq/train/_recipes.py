@@ -1,4 +1,5 @@
 import dataclasses
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -7,11 +8,61 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from .._adjoint import ImplicitAdjoint, PhantomAdjoint
 from .._deq import DEQ
 from .._results import RESULTS
 from .._solver.anderson import Anderson
+from .._solver.splitting import PeacemanRachford
 from ..data import load_digits
 from ._loop import Recipe
+
+
+_BFLOAT16_TOL = 1e-2
+
+
+def _loosened(obj):
+    """A solver or adjoint asking for what bfloat16 can resolve.
+
+    bfloat16 has about three significant digits, so residuals below about 1e-2 are
+    rounding noise: tolerances are raised to at least 1e-2 (in a nested linear
+    solver too) instead of letting the solves run to their step limits.
+    """
+    if isinstance(obj, ImplicitAdjoint):
+        return eqx.tree_at(lambda a: a.linear_solver, obj, _loosened(obj.linear_solver))
+    fields = [f for f in ("rtol", "atol") if hasattr(obj, f)]
+    if not fields:
+        return obj
+    values = tuple(max(float(getattr(obj, f)), _BFLOAT16_TOL) for f in fields)
+    return eqx.tree_at(lambda o: tuple(getattr(o, f) for f in fields), obj, values)
+
+
+def _solve_stats(sol):
+    """Per-example forward-solve statistics of a classifier, as float32 metrics."""
+    return {
+        "solver_steps": sol.stats["num_steps"].astype(jnp.float32),
+        "residual": sol.stats["rel_residual"].astype(jnp.float32),
+        "failed": (sol.result != RESULTS.successful).astype(jnp.float32),
+    }
+
+
+def _classifier_loss(model, batch, key, probe=None):
+    del key
+    logits, stats = jax.vmap(model)(batch["x"], probe)
+    loss = jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), batch["y"]
+        )
+    )
+    metrics = {k: jnp.mean(v) for k, v in stats.items()}
+    metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+    return loss, metrics
+
+
+def _classifier_evaluate(model, data):
+    logits, stats = jax.vmap(model)(jnp.asarray(data["x"]))
+    metrics = {k: jnp.mean(v) for k, v in stats.items() if k != "failed"}
+    metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(data["y"]))
+    return metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +103,11 @@ class _Cell(eqx.Module):
 
 class DEQDigitsClassifier(eqx.Module):
     """x (64 pixels) -> linear encoder -> DEQ tanh cell (Anderson, implicit
-    gradients) -> linear head (10 classes): the `deq-digits` recipe's model."""
+    gradients) -> linear head (10 classes): the `deq-digits` recipe's model.
+
+    Computed in bfloat16 (`--precision bfloat16`), its forward and backward solves
+    stop at relative residual 1e-2 (or the looser `tol`), what bfloat16's three
+    significant digits can resolve."""
 
     encoder: eqx.nn.Linear
     deq: DEQ
@@ -71,36 +126,18 @@ class DEQDigitsClassifier(eqx.Module):
         )
         self.head = eqx.nn.Linear(h, 10, dtype=jnp.float32, key=hkey)
 
-    def __call__(self, x):
-        """Logits and solver statistics for one image."""
-        z, sol = self.deq(self.encoder(x))
-        stats = {
-            "solver_steps": sol.stats["num_steps"].astype(jnp.float32),
-            "residual": sol.stats["rel_residual"].astype(jnp.float32),
-            "failed": (sol.result != RESULTS.successful).astype(jnp.float32),
-        }
-        return self.head(z), stats
-
-
-def _deq_loss(model, batch, key):
-    del key
-    logits, stats = jax.vmap(model)(batch["x"])
-    loss = jnp.mean(
-        optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), batch["y"]
-        )
-    )
-    metrics = {k: jnp.mean(v) for k, v in stats.items()}
-    metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
-    return loss, metrics
-
-
-def _deq_evaluate(model, data):
-    logits, stats = jax.vmap(model)(jnp.asarray(data["x"]))
-    return {
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(data["y"])),
-        "solver_steps": jnp.mean(stats["solver_steps"]),
-    }
+    def __call__(self, x, backward_stats=None):
+        """Logits and solver statistics for one image (`backward_stats`: an optional
+        [`jaxdeq.BackwardStats`][] probe for the backward solve)."""
+        deq = self.deq
+        if self.encoder.weight.dtype == jnp.bfloat16:
+            deq = eqx.tree_at(
+                lambda d: (d.solver, d.adjoint),
+                deq,
+                (_loosened(deq.solver), _loosened(deq.adjoint)),
+            )
+        z, sol = deq(self.encoder(x), backward_stats=backward_stats)
+        return self.head(z), _solve_stats(sol)
 
 
 def _deq_data(options):
@@ -118,8 +155,336 @@ DEQ_DIGITS = Recipe(
     options=DEQDigitsOptions,
     init=lambda key, options: DEQDigitsClassifier(options, key),
     data=_deq_data,
-    loss=_deq_loss,
-    evaluate=_deq_evaluate,
+    loss=_classifier_loss,
+    evaluate=_classifier_evaluate,
+    backward_stats=True,
 )
 
 RECIPES = {DEQ_DIGITS.name: DEQ_DIGITS}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttractorSudokuOptions:
+    """Options of the `attractor-sudoku` recipe.
+
+    **Fields:**
+
+    - `dim`, `heads`: width and attention heads of every block.
+    - `backbone_depth`, `refiner_depth`: attention blocks in the backbone and in the
+        weight-tied refiner.
+    - `tol`: the refinement solve's tolerance (relative and absolute).
+    - `min_solver_steps`, `max_solver_steps`: bounds on the refinement steps.
+    - `phantom_steps`: $k$ of the phantom-gradient backward pass.
+    - `jacobian_weight`: weight of the Jacobian penalty.
+    - `train_puzzles`: generated training puzzles; `augment`: symmetry-augmented
+        copies of each (the training set has `train_puzzles * augment` examples).
+    - `test_puzzles`: held-out puzzles (their solution grids never appear in
+        training).
+    - `min_givens`, `max_givens`: the range of given cells per puzzle.
+    """
+
+    dim: int = 32
+    heads: int = 4
+    backbone_depth: int = 2
+    refiner_depth: int = 2
+    tol: float = 1e-3
+    min_solver_steps: int = 2
+    max_solver_steps: int = 32
+    phantom_steps: int = 2
+    jacobian_weight: float = 1e-3
+    train_puzzles: int = 2000
+    augment: int = 4
+    test_puzzles: int = 200
+    min_givens: int = 34
+    max_givens: int = 42
+
+
+def _attractor_init(key, options):
+    from ..attractor import (
+        AttentionBlock,
+        AttractorRefiner,
+        GatedRefiner,
+        TokenBackbone,
+        TokenDecoder,
+    )
+    from ..data import sudoku_peers
+
+    mask = sudoku_peers()
+    kb, kr, kd = jr.split(key, 3)
+    f32 = jnp.float32
+    blocks = [
+        AttentionBlock(options.dim, options.heads, mask, dtype=f32, key=k)
+        for k in jr.split(kr, options.refiner_depth)
+    ]
+    return AttractorRefiner(
+        TokenBackbone(
+            10,
+            81,
+            options.dim,
+            options.backbone_depth,
+            options.heads,
+            mask,
+            dtype=f32,
+            key=kb,
+        ),
+        GatedRefiner(blocks, options.dim, dtype=f32),
+        TokenDecoder(options.dim, 9, dtype=f32, key=kd),
+        solver=Anderson(rtol=options.tol, atol=options.tol, memory=5, ridge=1e-4),
+        adjoint=PhantomAdjoint(steps=options.phantom_steps),
+        min_steps=options.min_solver_steps,
+        max_steps=options.max_solver_steps,
+        jacobian_weight=options.jacobian_weight,
+    )
+
+
+def _for_precision(model):
+    # As for deq-digits: in bfloat16 ask the solve for what bfloat16 can resolve.
+    if model.decoder.linear.weight.dtype != jnp.bfloat16:
+        return model
+    return eqx.tree_at(lambda m: m.solver, model, _loosened(model.solver))
+
+
+def _sudoku_metrics(logits, labels, blank):
+    right = jnp.argmax(logits, -1) == labels
+    cells = jnp.sum(right & blank, -1) / jnp.maximum(jnp.sum(blank, -1), 1)
+    return jnp.mean(cells), jnp.mean(jnp.all(right, -1))
+
+
+def _attractor_loss(model, batch, key, probe=None):
+    model = _for_precision(model)
+    keys = jr.split(key, batch["puzzle"].shape[0])
+    logits, info = jax.vmap(lambda x, k, p: model(x, key=k, backward_stats=p))(
+        batch["puzzle"], keys, probe
+    )
+    loss = jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), batch["solution"]
+        )
+    )
+    cells, exact = _sudoku_metrics(logits, batch["solution"], batch["puzzle"] == 0)
+    metrics = {
+        "accuracy": cells,
+        "exact": exact,
+        "solver_steps": jnp.mean(info.num_steps.astype(jnp.float32)),
+        "residual": jnp.mean(info.rel_residual.astype(jnp.float32)),
+        "failed": 1.0 - jnp.mean(info.converged.astype(jnp.float32)),
+        "internalization": jnp.mean(info.internalization.astype(jnp.float32)),
+    }
+    penalty = jnp.mean(info.jacobian_penalty.astype(jnp.float32))
+    return loss + penalty, metrics
+
+
+def _attractor_evaluate(model, data):
+    model = _for_precision(model)
+    puzzles = jnp.asarray(data["puzzle"])
+    labels = jnp.asarray(data["solution"])
+    logits, info = jax.vmap(model)(puzzles)
+    cells, exact = _sudoku_metrics(logits, labels, puzzles == 0)
+    logits0, _ = jax.vmap(lambda x: model(x, steps=0))(puzzles)
+    cells0, exact0 = _sudoku_metrics(logits0, labels, puzzles == 0)
+    return {
+        "accuracy": cells,
+        "exact": exact,
+        "solver_steps": jnp.mean(info.num_steps.astype(jnp.float32)),
+        "internalization": jnp.mean(info.internalization.astype(jnp.float32)),
+        "accuracy_T0": cells0,
+        "exact_T0": exact0,
+    }
+
+
+def _attractor_data(options):
+    from ..data import sudoku_augment, sudoku_puzzles
+
+    givens = (options.min_givens, options.max_givens)
+    puzzles, solutions = sudoku_puzzles(options.train_puzzles, givens=givens, seed=0)
+    test_p, test_s = sudoku_puzzles(
+        options.test_puzzles, givens=givens, seed=1, exclude=solutions
+    )
+    rng = np.random.default_rng(0)
+    copies = [(puzzles, solutions)] + [
+        sudoku_augment(puzzles, solutions, rng) for _ in range(options.augment - 1)
+    ]
+    train_p = np.concatenate([p for p, _ in copies]).astype(np.int32)
+    train_s = np.concatenate([s for _, s in copies]).astype(np.int32) - 1
+    return (
+        {"puzzle": train_p, "solution": train_s},
+        {"puzzle": test_p.astype(np.int32), "solution": test_s.astype(np.int32) - 1},
+    )
+
+
+ATTRACTOR_SUDOKU = Recipe(
+    name="attractor-sudoku",
+    description=(
+        "An attractor model (peer-attention backbone proposes, a weight-tied gated "
+        "refiner is solved to its fixed point by Anderson, phantom gradients plus a "
+        "Jacobian penalty) on 9x9 Sudoku puzzles with unique solutions generated "
+        "offline by jaxdeq.data.sudoku_puzzles, augmented by Sudoku symmetries; "
+        "evaluated on held-out puzzles with unseen solution grids, refined and at "
+        "T = 0."
+    ),
+    options=AttractorSudokuOptions,
+    init=_attractor_init,
+    data=_attractor_data,
+    loss=_attractor_loss,
+    evaluate=_attractor_evaluate,
+    backward_stats=True,
+)
+
+RECIPES[ATTRACTOR_SUDOKU.name] = ATTRACTOR_SUDOKU
+
+
+@dataclasses.dataclass(frozen=True)
+class MonotoneDigitsOptions:
+    r"""Options of the `monotone-digits` recipe.
+
+    **Fields:**
+
+    - `hidden`: width of the equilibrium state.
+    - `margin`: the monotonicity margin $m$ of the weight ($I - W \succeq m I$).
+    - `tol`: the splitting solver's tolerance (relative and absolute).
+    - `max_solver_steps`: its step budget.
+    - `test_fraction`: digits held out for evaluation.
+    """
+
+    hidden: int = 64
+    margin: float = 0.5
+    tol: float = 1e-4
+    max_solver_steps: int = 100
+    test_fraction: float = 0.2
+
+
+class MonotoneDigitsClassifier(eqx.Module):
+    """x (64 pixels) -> monotone DEQ (dense monotone weight, ReLU,
+    Peaceman–Rachford splitting, backward by the transposed splitting) -> linear
+    head (10 classes): the `monotone-digits` recipe's model. The fixed point exists
+    and is unique for every input and every parameter value. The equilibrium is
+    solved in float32 also under `--precision bfloat16` (the resolvent's dense
+    factorisation has no bfloat16 kernel); the head computes in the run's
+    precision."""
+
+    deq: Any
+    head: eqx.nn.Linear
+
+    def __init__(self, options: MonotoneDigitsOptions, key):
+        from ..monotone import MonDEQ, MonotoneLinear
+
+        okey, ikey, hkey = jr.split(key, 3)
+        f32 = jnp.float32
+        h = options.hidden
+        self.deq = MonDEQ(
+            MonotoneLinear(h, options.margin, key=okey, dtype=f32),
+            eqx.nn.Linear(64, h, dtype=f32, key=ikey),
+            solver=PeacemanRachford(rtol=options.tol, atol=options.tol),
+            max_steps=options.max_solver_steps,
+        )
+        self.head = eqx.nn.Linear(h, 10, dtype=f32, key=hkey)
+
+    def __call__(self, x, backward_stats=None):
+        """Logits and solver statistics for one image (`backward_stats`: an optional
+        [`jaxdeq.BackwardStats`][] probe for the backward solve)."""
+        # The monotone operator's resolvent is a dense factorisation, which LAPACK
+        # has no bfloat16 for: the equilibrium is always solved in float32.
+        deq = jax.tree.map(
+            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, self.deq
+        )
+        z, sol = deq(x.astype(jnp.float32), backward_stats=backward_stats)
+        z = z.astype(self.head.weight.dtype)
+        return self.head(z), _solve_stats(sol)
+
+
+MONOTONE_DIGITS = Recipe(
+    name="monotone-digits",
+    description=(
+        "A monotone deep equilibrium classifier (dense monotone weight with a "
+        "guaranteed unique fixed point, ReLU, Peaceman-Rachford splitting forward, "
+        "transposed splitting backward) on the 8x8 digits bundled with scikit-learn."
+    ),
+    options=MonotoneDigitsOptions,
+    init=lambda key, options: MonotoneDigitsClassifier(options, key),
+    data=_deq_data,
+    loss=_classifier_loss,
+    evaluate=_classifier_evaluate,
+    backward_stats=True,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NODEDigitsOptions:
+    """Options of the `node-digits` recipe.
+
+    **Fields:**
+
+    - `hidden`: the ODE state's size.
+    - `width`: hidden width of the vector field's MLP (two layers, tanh).
+    - `tol`: the adaptive step-size controller's tolerance (relative and absolute).
+    - `test_fraction`: digits held out for evaluation.
+    """
+
+    hidden: int = 32
+    width: int = 64
+    tol: float = 1e-3
+    test_fraction: float = 0.2
+
+
+class NODEDigitsClassifier(eqx.Module):
+    """x (64 pixels) -> linear encoder -> neural ODE on [0, 1] (Dopri5, adaptive
+    steps, backpropagation through the solver with recursive checkpointing) ->
+    linear head: the `node-digits` recipe's model. The ODE is always solved in
+    float32 (also under `--precision bfloat16`, whose step-size control would stall
+    on rounding noise)."""
+
+    encoder: eqx.nn.Linear
+    ode: Any
+    head: eqx.nn.Linear
+
+    def __init__(self, options: NODEDigitsOptions, key):
+        import diffrax
+
+        from ..ode import ConcatField, NeuralODE
+
+        ekey, fkey, hkey = jr.split(key, 3)
+        f32 = jnp.float32
+        h = options.hidden
+        self.encoder = eqx.nn.Linear(64, h, dtype=f32, key=ekey)
+        self.ode = NeuralODE(
+            ConcatField(h, 0, options.width, dtype=f32, key=fkey),
+            solver=diffrax.Dopri5(),
+            stepsize_controller=diffrax.PIDController(
+                rtol=options.tol, atol=options.tol
+            ),
+            adjoint=diffrax.RecursiveCheckpointAdjoint(),
+        )
+        self.head = eqx.nn.Linear(h, 10, dtype=f32, key=hkey)
+
+    def __call__(self, x, backward_stats=None):
+        """Logits and solver statistics for one image (`backward_stats` is accepted
+        for a uniform interface and unused: the ODE is backpropagated)."""
+        del backward_stats
+        ode = jax.tree.map(
+            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, self.ode
+        )
+        y0 = self.encoder(x).astype(jnp.float32)
+        y1, stats = ode(y0)
+        logits = self.head(y1.astype(self.head.weight.dtype))
+        return logits, {
+            "solver_steps": stats.num_steps.astype(jnp.float32),
+            "nfe": stats.nfe.astype(jnp.float32),
+        }
+
+
+NODE_DIGITS = Recipe(
+    name="node-digits",
+    description=(
+        "A neural ODE classifier (linear encoder, MLP vector field on [0, 1] solved "
+        "by diffrax Dopri5 with adaptive steps, linear head) on the 8x8 digits "
+        "bundled with scikit-learn."
+    ),
+    options=NODEDigitsOptions,
+    init=lambda key, options: NODEDigitsClassifier(options, key),
+    data=_deq_data,
+    loss=_classifier_loss,
+    evaluate=_classifier_evaluate,
+)
+
+RECIPES[MONOTONE_DIGITS.name] = MONOTONE_DIGITS
+RECIPES[NODE_DIGITS.name] = NODE_DIGITS
