@@ -43,67 +43,20 @@ import optax
 
 import jaxdeq
 from jaxdeq import graph as jgraph
+from jaxdeq.data import graph_steady_states
 
 
 MAX_NODES, MAX_EDGES, HIDDEN = 40, 320, 16
 
 
-def _pagerank_graph(rng):
-    n = int(rng.integers(20, MAX_NODES + 1))
-    adj = rng.random((n, n)) < 3.0 / n
-    np.fill_diagonal(adj, False)
-    receivers, senders = np.nonzero(adj)
-    keep = rng.permutation(len(senders))[:MAX_EDGES]
-    receivers, senders = receivers[keep], senders[keep]
-    a = np.zeros((n, n))
-    a[receivers, senders] = 1.0
-    out_deg = a.sum(0)
-    p = np.linalg.solve(
-        np.eye(n) - 0.85 * a / np.maximum(out_deg, 1), np.full(n, 0.15 / n)
-    )
-    x = np.stack([np.ones(n), a.sum(1) / 4, out_deg / 4], axis=1)
-    return x, senders, receivers, n * p
-
-
-def _heat_graph(rng):
-    n = int(rng.integers(20, MAX_NODES + 1))
-    while True:
-        pos = rng.random((n, 2))
-        dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-        adj = (dist < 0.3) & ~np.eye(n, dtype=bool)
-        if 2 * np.sum(np.triu(adj)) <= MAX_EDGES:
-            break
-    receivers, senders = np.nonzero(adj)
-    w = adj.astype(float)
-    deg = w.sum(1)
-    s = np.zeros(n)
-    s[rng.choice(n, 3, replace=False)] = rng.uniform(0.5, 1.0, 3)
-    t = np.linalg.solve(np.eye(n) - 0.9 * w / np.maximum(deg, 1)[:, None], 0.1 * s)
-    x = np.stack([s, deg / 6, np.ones(n)], axis=1)
-    return x, senders, receivers, t
-
-
-TASKS = {"pagerank": _pagerank_graph, "heat": _heat_graph}
+TASKS = ("pagerank", "heat")
 
 
 def make_task(name, seed, num_graphs=96):
-    rng = np.random.default_rng(seed)
-    graphs, targets = [], []
-    for _ in range(num_graphs):
-        x, senders, receivers, y = TASKS[name](rng)
-        graphs.append(
-            jgraph.graph(
-                x,
-                senders,
-                receivers,
-                max_nodes=MAX_NODES,
-                max_edges=MAX_EDGES,
-                dtype=np.float32,
-            )
-        )
-        targets.append(np.pad(y, (0, MAX_NODES - len(y)))[:, None])
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *graphs)
-    return stacked, jnp.asarray(np.stack(targets), jnp.float32)
+    graphs, targets = graph_steady_states(
+        name, num_graphs, seed=seed, max_nodes=MAX_NODES, max_edges=MAX_EDGES
+    )
+    return jax.tree.map(jnp.asarray, graphs), jnp.asarray(targets)
 
 
 def _mean_adjacency(g):

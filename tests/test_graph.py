@@ -242,3 +242,42 @@ def test_errors():
         jgraph.graph(x, [0], [1], max_nodes=2)
     with pytest.raises(ValueError, match="adjacency"):
         jgraph.graph_from_adjacency(x, np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("task", ["pagerank", "heat"])
+def test_generated_steady_states_solve_their_process(task):
+    # Known answer: each target is the stationary state of its process on that
+    # graph, rebuilt here from the padded edge lists and features alone.
+    graphs, targets = jaxdeq.data.graph_steady_states(
+        task, 6, seed=3, max_nodes=24, max_edges=200, dtype=np.float64
+    )
+    assert targets.shape == (6, 24, 1) and graphs.nodes.shape == (6, 24, 3)
+    for i in range(6):
+        n = int(np.sum(graphs.node_mask[i]))
+        assert 12 <= n <= 24 and np.all(targets[i, n:] == 0)
+        keep = np.asarray(graphs.edge_mask[i])
+        snd, rcv = (
+            np.asarray(graphs.senders[i])[keep],
+            np.asarray(graphs.receivers[i])[keep],
+        )
+        a = np.zeros((n, n))
+        np.add.at(a, (rcv, snd), 1.0)
+        y, x = targets[i, :n, 0], np.asarray(graphs.nodes[i, :n])
+        if task == "pagerank":
+            p = y / n
+            col = a / np.maximum(a.sum(0), 1)
+            np.testing.assert_allclose(p, 0.15 / n + 0.85 * col @ p, rtol=1e-10)
+            np.testing.assert_allclose(x[:, 1:], np.stack([a.sum(1), a.sum(0)], 1) / 4)
+        else:
+            np.testing.assert_array_equal(a, a.T)  # undirected: both directions
+            row = a / np.maximum(a.sum(1), 1)[:, None]
+            np.testing.assert_allclose(y, 0.9 * row @ y + 0.1 * x[:, 0], atol=1e-12)
+            assert np.sum(x[:, 0] > 0) == 3
+    again, _ = jaxdeq.data.graph_steady_states(
+        task, 6, seed=3, max_nodes=24, max_edges=200, dtype=np.float64
+    )
+    np.testing.assert_array_equal(again.senders, graphs.senders)  # seeded
+    with pytest.raises(ValueError, match="task"):
+        jaxdeq.data.graph_steady_states("diffusion")
+    with pytest.raises(ValueError, match="max_nodes"):
+        jaxdeq.data.graph_steady_states(task, 4, max_nodes=3)

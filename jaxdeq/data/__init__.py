@@ -1,6 +1,7 @@
 """Loaders for data that ships with a package or is generated offline."""
 
 from ._digits import load_digits as load_digits
+from ._graphs import graph_steady_states as graph_steady_states
 from ._sudoku import (
     count_sudoku_solutions as count_sudoku_solutions,
     solve_sudoku as solve_sudoku,
