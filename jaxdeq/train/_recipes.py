@@ -36,6 +36,15 @@ def _loosened(obj):
     return eqx.tree_at(lambda o: tuple(getattr(o, f) for f in fields), obj, values)
 
 
+def _float32(tree):
+    """`tree` with its floating-point arrays in float32: the solves that run in
+    float32 whatever the run's precision (dense factorisations, step-size control,
+    EP's differences of small quantities)."""
+    return jax.tree.map(
+        lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, tree
+    )
+
+
 def _solve_stats(sol):
     """Per-example forward-solve statistics of a classifier, as float32 metrics."""
     return {
@@ -384,9 +393,7 @@ class MonotoneDigitsClassifier(eqx.Module):
         [`jaxdeq.BackwardStats`][] probe for the backward solve)."""
         # The monotone operator's resolvent is a dense factorisation, which LAPACK
         # has no bfloat16 for: the equilibrium is always solved in float32.
-        deq = jax.tree.map(
-            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, self.deq
-        )
+        deq = _float32(self.deq)
         z, sol = deq(x.astype(jnp.float32), backward_stats=backward_stats)
         z = z.astype(self.head.weight.dtype)
         return self.head(z), _solve_stats(sol)
@@ -460,9 +467,7 @@ class NODEDigitsClassifier(eqx.Module):
         """Logits and solver statistics for one image (`backward_stats` is accepted
         for a uniform interface and unused: the ODE is backpropagated)."""
         del backward_stats
-        ode = jax.tree.map(
-            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, self.ode
-        )
+        ode = _float32(self.ode)
         y0 = self.encoder(x).astype(jnp.float32)
         y1, stats = ode(y0)
         logits = self.head(y1.astype(self.head.weight.dtype))
@@ -551,12 +556,6 @@ class EPDigitsClassifier(eqx.Module):
         self.tol = float(options.tol)
         self.max_steps = int(options.max_solver_steps)
 
-    def _float32_network(self):
-        return jax.tree.map(
-            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a,
-            self.network,
-        )
-
     def _solver(self):
         return Anderson(rtol=self.tol, atol=1e-2 * self.tol)
 
@@ -565,7 +564,7 @@ class EPDigitsClassifier(eqx.Module):
         statistics, for one image."""
         from ..ep import free_phase
 
-        network = self._float32_network()
+        network = _float32(self.network)
         sol = free_phase(
             network,
             x.astype(jnp.float32),
@@ -582,7 +581,7 @@ class EPDigitsClassifier(eqx.Module):
 
         network = jax.tree.map(
             lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a,
-            self._float32_network(),
+            _float32(self.network),
         )
         return ep_gradient(
             network,
@@ -697,12 +696,8 @@ class CGSGraphsRegressor(eqx.Module):
     def __call__(self, graph):
         """Per-node predictions `(max_nodes, 1)` (zero at padding) and the solve's
         statistics, for one padded [`jaxdeq.graph.Graph`][]."""
-        cgs = jax.tree.map(
-            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, self.cgs
-        )
-        graph = jax.tree.map(
-            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, graph
-        )
+        cgs = _float32(self.cgs)
+        graph = _float32(graph)
         h, stats = cgs.solve(graph)
         out = jax.vmap(cgs.decoder)(jnp.concatenate([h, graph.nodes], -1))
         out = jnp.where(graph.node_mask[:, None], out, 0)
