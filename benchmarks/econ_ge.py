@@ -41,6 +41,8 @@ outputs).
     python benchmarks/econ_ge.py           # -> benchmarks/results/econ_ge.{json,md}
     python benchmarks/econ_ge.py --quick   # smoke test: no PINN, grids to 1000
                                            # (-> econ_ge_quick.{json,md})
+    python benchmarks/econ_ge.py --pinn-only   # the PINN again, against the FD
+                                               # references of the last full run
 """
 
 import argparse
@@ -456,7 +458,13 @@ def refinement(sizes, peer_sizes, repeats_small, repeats_large):
 
 def pinn(reference):
     start = time.perf_counter()
-    sol = econ.solve_huggett_pinn()
+
+    def show(info):
+        if info.get("stage") == "clearing":
+            r, excess = info["r"], info["excess_supply"]
+            print(f"PINN clearing: r = {r:.7f}, S = {excess:.3e}", flush=True)
+
+    sol = econ.solve_huggett_pinn(progress=show)
     wall = time.perf_counter() - start
     r = float(sol.r)
     rows = reference["rows"]
@@ -717,6 +725,10 @@ def markdown(out):
             f"{p['wall_time_s']:.0f} s (compilation included). Target: within "
             f"{p['target']:.0e} of the finite-difference r*.",
             "",
+            "Clearing iterations (r, S(r)): "
+            + ", ".join(f"({a:.6f}, {_e(b)})" for a, b in p["clearing"])
+            + ".",
+            "",
             "| reference | FD r* | abs(r*_PINN - r*_FD) | within the target |",
             "|---|---|---|---|",
         ]
@@ -741,10 +753,24 @@ def main(argv=None):
         help="finer grids solved by the peer only (default 16000 32000; quick none)",
     )
     ap.add_argument("--skip-pinn", action="store_true")
+    ap.add_argument(
+        "--pinn-only",
+        action="store_true",
+        help="rerun the PINN alone against the finite-difference references of the "
+        "last full run (in benchmarks/results/econ_ge.json)",
+    )
     ap.add_argument("--memory-child", nargs=2, metavar=("LIBRARY", "ECONOMY"))
     args = ap.parse_args(argv)
     if args.memory_child:
         memory_child(*args.memory_child)
+        return
+    if args.pinn_only:
+        out = json.loads((RESULTS / "econ_ge.json").read_text())
+        out["pinn"] = pinn(out["refinement"])
+        out["pinn"]["versions"] = versions(["jax", "equinox"], jax, jaxdeq)
+        (RESULTS / "econ_ge.json").write_text(json.dumps(out, indent=1, default=str))
+        (RESULTS / "econ_ge.md").write_text(markdown(out))
+        print(markdown(out))
         return
     repeats = args.repeats or (3 if args.quick else 7)
     sizes = args.sizes or (
