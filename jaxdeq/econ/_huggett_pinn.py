@@ -946,12 +946,12 @@ def solve_huggett_pinn(
     )(fine)
     out_terms["hjb_max"] = float(jnp.max(jnp.abs(h)))
     out_terms["envelope_max"] = float(jnp.max(jnp.abs(e)))
-    fine_data = _kfe_data(
-        econ, unk, fine, nodes[:1], weights[:1], 1
-    )  # savings on the support's fine grid
-    out_terms["kfe_max"] = float(
-        jnp.max(jnp.abs(_strong_residual(econ, unk, fine_data)))
-    )
+    def kfe_at(eta):
+        a = _support_wealth(econ, unk, eta)
+        s = _policies(econ, unk, _xi(econ, a))["savings"]
+        return _kfe_residual(econ, unk, a, s)
+
+    out_terms["kfe_max"] = float(jnp.max(jnp.abs(jax.vmap(kfe_at)(fine))))
     return HuggettPINNSolution(
         r=_rate(econ, unk),
         mass=_masses(econ, unk),
