@@ -946,6 +946,7 @@ def solve_huggett_pinn(
     )(fine)
     out_terms["hjb_max"] = float(jnp.max(jnp.abs(h)))
     out_terms["envelope_max"] = float(jnp.max(jnp.abs(e)))
+
     def kfe_at(eta):
         a = _support_wealth(econ, unk, eta)
         s = _policies(econ, unk, _xi(econ, a))["savings"]
