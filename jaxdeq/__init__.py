@@ -30,7 +30,12 @@ from ._regularisers import (
     jacobian_regulariser as jacobian_regulariser,
     spectral_radius as spectral_radius,
 )
-from ._results import RESULTS as RESULTS
+from ._solution import (
+    BackwardStats as BackwardStats,
+    is_successful as is_successful,
+    Report as Report,
+    RESULTS as RESULTS,
+)
 from ._solver import (
     Anderson as Anderson,
     BracketedNewton as BracketedNewton,
@@ -42,7 +47,6 @@ from ._solver import (
     PseudoTransientNewton as PseudoTransientNewton,
     SteadyState as SteadyState,
 )
-from ._stats import BackwardStats as BackwardStats
 
 
 __version__ = importlib.metadata.version("jaxdeq")

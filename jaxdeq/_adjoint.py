@@ -13,8 +13,8 @@ from equinox.internal import ω
 from jaxtyping import Array, PyTree
 
 from ._misc import bookkeeping_dtype, check_positive_int, check_unit_interval
+from ._solution import BackwardStats
 from ._solver.anderson import Anderson
-from ._stats import BackwardStats
 
 
 # Krylov solvers accept an initial guess; start them from the Jacobian-free w = v.
@@ -310,7 +310,7 @@ class JacobianFreeAdjoint(AbstractDEQAdjoint):
 JacobianFreeAdjoint.__init__.__doc__ = r"""**Arguments:**
 
 - `monitor`: also measure how far $w = v$ is from solving $(I - J^\top) w = v$ (one
-    extra vector–Jacobian product), reported as `BackwardStats.residual`.
+    extra vector–Jacobian product), reported as `BackwardStats.rel_residual`.
 - `throw`: unused by this adjoint (it cannot fail); kept for a uniform interface.
 """
 
@@ -375,7 +375,7 @@ NeumannAdjoint.__init__.__doc__ = r"""**Arguments:**
     to norm at most `clip` $\cdot \|v\|_2$ (a guard against an expansive $J$
     early in training, where the series can blow up); `None` (default) keeps it.
 - `monitor`: also measure the residual of $(I - J^\top) w = v$ (one extra
-    vector–Jacobian product), reported as `BackwardStats.residual`.
+    vector–Jacobian product), reported as `BackwardStats.rel_residual`.
 - `throw`: unused by this adjoint (it cannot fail); kept for a uniform interface.
 """
 

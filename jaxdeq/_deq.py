@@ -10,10 +10,9 @@ from equinox.internal import ω
 from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractDEQAdjoint, ImplicitAdjoint
-from ._misc import AbstractReportingState, check_positive_int, record, relative
-from ._results import RESULTS, translate
+from ._misc import check_positive_int, record, relative
+from ._solution import AbstractReportingState, BackwardStats, RESULTS, translate
 from ._solver.anderson import Anderson
-from ._stats import BackwardStats
 
 
 _SOLVER_TYPES = (

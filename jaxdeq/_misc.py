@@ -3,7 +3,6 @@
 import math
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -147,14 +146,3 @@ def check_margin(name: str, margin: float) -> None:
             f"{name}: `margin` must be > 0 (it is the m in I - W >= m I that makes "
             f"the fixed point unique), got {margin!r}. Use e.g. margin=0.5."
         )
-
-
-class AbstractReportingState(eqx.Module):
-    """The state of a jaxdeq solver, which carries its own diagnostics: the final
-    residuals, a fixed-size residual trace and the evaluations of `fn` so far.
-    `jaxdeq.fixed_point` reads them from any state of this type."""
-
-    abs_residual: eqx.AbstractVar[Scalar]
-    rel_residual: eqx.AbstractVar[Scalar]
-    trace: eqx.AbstractVar[Array]
-    num_fn_evals: eqx.AbstractVar[Array]

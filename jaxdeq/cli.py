@@ -454,7 +454,7 @@ def _summaries(forward: dict, backward: BackwardStats) -> tuple[str, str]:
         f"forward failed {failed}"
     )
     steps = np.asarray(backward.num_steps)
-    residual = np.asarray(backward.residual)
+    residual = np.asarray(backward.rel_residual)
     # NaN means "not measured" (PhantomAdjoint).
     residual_max = np.nanmax(residual) if np.any(np.isfinite(residual)) else np.nan
     failed = int(np.sum(np.asarray(backward.success) < 1))

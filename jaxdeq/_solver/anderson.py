@@ -7,7 +7,6 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
-    AbstractReportingState,
     bookkeeping_dtype,
     check_growth_factor,
     check_positive_int,
@@ -22,6 +21,7 @@ from .._misc import (
     unflatten,
     write_row,
 )
+from .._solution import AbstractReportingState
 
 
 # Mixing coefficients larger than this (in sum of absolute values) mean the

@@ -7,12 +7,12 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._misc import (
-    AbstractReportingState,
     check_positive_int,
     check_tolerances,
     record,
     relative,
 )
+from .._solution import AbstractReportingState
 
 
 class _BracketedNewtonState(AbstractReportingState):

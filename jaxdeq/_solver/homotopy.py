@@ -11,7 +11,6 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
-    AbstractReportingState,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
@@ -23,6 +22,7 @@ from .._misc import (
     unflatten,
     write_row,
 )
+from .._solution import AbstractReportingState
 
 
 _KINDS = ("fixed_point", "newton")

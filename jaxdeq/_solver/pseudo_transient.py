@@ -8,7 +8,6 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._misc import (
-    AbstractReportingState,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
@@ -18,6 +17,7 @@ from .._misc import (
     relative,
     stopping,
 )
+from .._solution import AbstractReportingState
 
 
 class _PseudoTransientState(AbstractReportingState):

@@ -10,7 +10,6 @@ from equinox.internal import ω
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
-    AbstractReportingState,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
@@ -21,6 +20,7 @@ from .._misc import (
     relative,
     stopping,
 )
+from .._solution import AbstractReportingState
 from ._monotone_problem import AbstractResolvent, MonotoneProblem
 
 

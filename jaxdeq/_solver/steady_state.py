@@ -9,7 +9,6 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
-    AbstractReportingState,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
@@ -20,6 +19,7 @@ from .._misc import (
     relative,
     stopping,
 )
+from .._solution import AbstractReportingState
 
 
 def evals_per_step(solver: diffrax.AbstractSolver) -> int | None:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Int
 
-from .._misc import AbstractReportingState
+from .._solution import AbstractReportingState
 
 
 class _Counted(eqx.Module):

@@ -13,9 +13,8 @@ from .._adjoint import PhantomAdjoint
 from .._deq import _SOLVER_TYPES, fixed_point
 from .._misc import check_positive_int, relative
 from .._regularisers import jacobian_regulariser
-from .._results import RESULTS
+from .._solution import BackwardStats, RESULTS
 from .._solver.anderson import Anderson
-from .._stats import BackwardStats
 from ._min_steps import at_least
 
 

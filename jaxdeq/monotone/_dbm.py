@@ -10,9 +10,9 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .._adjoint_splitting import SplittingAdjoint
 from .._misc import check_margin, check_positive_int
+from .._solution import BackwardStats
 from .._solver._monotone_problem import AbstractMonotoneLinear, MonotoneProblem
 from .._solver.splitting import PeacemanRachford
-from .._stats import BackwardStats
 from ._categorical import _as_groups, _blocks, GroupSoftmax
 from ._dense import DenseMatrix
 from ._solve import solve

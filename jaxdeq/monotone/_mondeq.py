@@ -7,13 +7,13 @@ from jaxtyping import Array, PyTree
 
 from .._adjoint_splitting import SplittingAdjoint
 from .._misc import check_positive_int
+from .._solution import BackwardStats
 from .._solver._monotone_problem import (
     AbstractMonotoneLinear,
     AbstractProx,
     MonotoneProblem,
 )
 from .._solver.splitting import PeacemanRachford
-from .._stats import BackwardStats
 from ._relu import ReLU
 from ._solve import solve
 

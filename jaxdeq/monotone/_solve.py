@@ -8,13 +8,13 @@ from jaxtyping import Array, PyTree
 
 from .._adjoint_splitting import SplittingAdjoint
 from .._deq import fixed_point
+from .._solution import BackwardStats
 from .._solver._monotone_problem import MonotoneProblem
 from .._solver.splitting import (
     forward_backward_bound,
     ForwardBackward,
     PeacemanRachford,
 )
-from .._stats import BackwardStats
 
 
 def _is_concrete(tree) -> bool:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from .._results import RESULTS
+from .._solution import RESULTS
 from .._solver.splitting import (
     forward_backward_bound,
     ForwardBackward,

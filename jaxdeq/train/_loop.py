@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PRNGKeyArray
 
-from .._stats import BackwardStats
+from .._solution import BackwardStats
 from ._checkpoint import Checkpoints, write_json_line
 
 
@@ -344,7 +344,7 @@ def train(
         )(p, probe)
         metrics = dict(metrics)
         metrics["backward_steps"] = jnp.mean(stats.num_steps)
-        metrics["backward_residual"] = jnp.nanmean(stats.residual)
+        metrics["backward_residual"] = jnp.nanmean(stats.rel_residual)
         metrics["backward_failed"] = 1.0 - jnp.mean(stats.success)
         return grads, value, metrics
 

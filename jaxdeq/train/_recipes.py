@@ -10,7 +10,7 @@ import optax
 
 from .._adjoint import ImplicitAdjoint, PhantomAdjoint
 from .._deq import DEQ
-from .._results import RESULTS
+from .._solution import RESULTS
 from .._solver.anderson import Anderson
 from .._solver.splitting import PeacemanRachford
 from ..data import load_digits
