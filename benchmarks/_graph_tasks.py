@@ -136,9 +136,8 @@ class CGSModel(eqx.Module):
         )
 
     def __call__(self, g):
-        h, stats = self.cgs.solve(g)
-        out = jax.vmap(self.cgs.decoder)(jnp.concatenate([h, g.nodes], -1))
-        return jnp.where(g.node_mask[:, None], out, 0), stats["num_steps"]
+        out, report = self.cgs(g)
+        return out, report.num_steps
 
 
 MODELS = {

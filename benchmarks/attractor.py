@@ -134,14 +134,16 @@ def make_step(static, optim, steps, task):
         def loss(params):
             model = eqx.combine(params, static)
             keys = jr.split(key, x.shape[0])
-            out, info = jax.vmap(lambda a, k: model(a, steps=steps, key=k))(x, keys)
+            out, report = jax.vmap(lambda a, k: model(a, steps=steps, key=k))(x, keys)
             ce = jnp.mean(cross_entropy(out, y))
-            return ce + jnp.mean(info.jacobian_penalty), (ce, info)
+            penalty = jnp.mean(report.extra["jacobian_penalty"])
+            return ce + penalty, (ce, report)
 
-        (_, (ce, info)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        (_, (ce, report)), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt_state = optim.update(grads, opt_state, params)
         params = eqx.apply_updates(params, updates)
-        stats = (ce, jnp.mean(info.num_steps), jnp.mean(info.internalization))
+        internal = jnp.mean(report.extra["internalization"])
+        stats = (ce, jnp.mean(report.num_steps), internal)
         return params, opt_state, stats
 
     return step

@@ -18,7 +18,7 @@ the DEQ cell have two hidden layers of --digits-width (64), tanh. Blocks:
   batch's solutions;
 - HomoODE, fixed z0: the same with the initial point left at zero (excluded from the
   optimised parameters and never updated);
-- DEQ: `jaxdeq.DEQ(cell, z0=0)` with cell(z, x) = tanh(MLP([z; x])) (same widths),
+- DEQ: `jaxdeq.DEQ(cell, y0=0)` with cell(z, x) = tanh(MLP([z; x])) (same widths),
   `jaxdeq.Anderson(rtol=1e-4, atol=1e-6)` forward, `jaxdeq.ImplicitAdjoint()`
   backward, 50 steps at most (the DEQ defaults).
 
@@ -26,13 +26,14 @@ All ODE blocks use `diffrax.Dopri5()` with `PIDController(rtol=atol=1e-3)` (Homo
 defaults, the authors') and `RecursiveCheckpointAdjoint` on t in [0, 1].
 
 Measured per model. Test accuracy of the final model (whole test set, one vmapped
-batch). Forward NFE per sample: mean over the test set of `stats.nfe` (ODEs; exact
-for Dopri5, see `jaxdeq.ode.ODEStats`) or `sol.stats["num_fn_evals"]` (DEQ).
+batch). Forward NFE per sample: mean over the test set of `report.num_fn_evals`
+(ODEs: exact for Dopri5, see `jaxdeq.ode.NeuralODE`; DEQ: the solver's count).
 Backward NFE per sample, ODEs: a copy of the model whose vector field calls a
 `jax.debug.callback` counter; for each of --digits-count-samples training samples
 alone (no vmap, so each count is that sample's own), one jitted value_and_grad of
 the sample's cross-entropy w.r.t. the trained parameters; backward = callback calls
-during it minus the same call's forward `stats.nfe`; the mean over the samples.
+during it minus the same call's forward `report.num_fn_evals`; the mean over the
+samples.
 diffrax's checkpointed backward evaluates every forward stage twice (its Runge-Kutta
 stage loop is checkpointed too) and takes one VJP per stage, so this is about twice
 the forward count. DEQ: the number of backward solver steps from the
@@ -115,13 +116,13 @@ class Classifier(eqx.Module):
     def __call__(self, x, probe=None):
         h = jnp.tanh(self.encoder(x))
         if self.kind == "DEQ":
-            z, sol = self.block(h, backward_stats=probe)
-            nfe = sol.stats["num_fn_evals"]
-            ok = sol.result == jaxdeq.RESULTS.successful
+            z, report = self.block(h, backward_stats=probe)
+            nfe = report.num_fn_evals
+            ok = report.successful
         else:
-            z, stats = self.block(h)
-            nfe = stats.nfe
-            ok = stats.result == dfx.RESULTS.successful
+            z, report = self.block(h)
+            nfe = report.num_fn_evals
+            ok = report.successful
         return self.head(z), z, nfe, ok
 
 
@@ -150,7 +151,7 @@ def make_model(kind, hidden, width, augment, tol, key):
     else:
         block = jaxdeq.DEQ(
             TanhCell(hidden, width, key=k_block),
-            z0=jnp.zeros(hidden, jnp.float32),
+            y0=jnp.zeros(hidden, jnp.float32),
             solver=jaxdeq.Anderson(rtol=1e-4, atol=1e-6),
             adjoint=jaxdeq.ImplicitAdjoint(),
         )
@@ -160,12 +161,12 @@ def make_model(kind, hidden, width, augment, tol, key):
 
 def trainable(model):
     """The filter spec of the optimised parameters: every float array but the fixed
-    initial points (HomoODE with fixed z0; the DEQ's z0, whose gradient is zero)."""
+    initial points (HomoODE with fixed z0; the DEQ's y0, whose gradient is zero)."""
     spec = jtu.tree_map(eqx.is_inexact_array, model)
     if model.kind == "HomoODE, fixed z0":
         spec = eqx.tree_at(lambda m: m.block.initial_point, spec, False)
     if model.kind == "DEQ":
-        spec = eqx.tree_at(lambda m: m.block.z0, spec, False)
+        spec = eqx.tree_at(lambda m: m.block.y0, spec, False)
     return spec
 
 
@@ -366,7 +367,7 @@ def train_and_measure(kind, data, cfg):
         row["callback_cell_calls_in_bwd"] = float((c_calls - c_fwd).mean())
     else:
         row["bwd_nfe_mean"] = float((c_calls - c_fwd).mean())
-        row["bwd_unit"] = "field evaluations (callback count - stats.nfe)"
+        row["bwd_unit"] = "field evaluations (callback count - report.num_fn_evals)"
     if kind == "HomoODE":
         z0 = np.asarray(eqx.combine(arrays, static).block.initial_point)
         row["initial_point_norm"] = float(np.linalg.norm(z0))
@@ -463,7 +464,8 @@ def digits_markdown(res) -> str:
     notes = (
         f"Backward NFE: ODEs, vector-field calls counted by a debug callback during "
         f"one value_and_grad per sample ({res['rows'][0]['count_samples']} training "
-        "samples, one at a time) minus that call's forward `stats.nfe`; DEQ, the "
+        "samples, one at a time) minus that call's forward `report.num_fn_evals`; "
+        "DEQ, the "
         "implicit backward's solver steps (one VJP each) from `jaxdeq.BackwardStats`. "
         "NFE per epoch is in the JSON (`history`)."
     )

@@ -10,7 +10,7 @@ tableau) with `diffrax.PIDController`, rtol = atol in --node-tols (1e-3, 1e-6). 
 controllers divide the error estimate by atol + rtol max(|y0|, |y1|), take the RMS
 norm over the whole state and use safety 0.9 and step factors in [0.2, 10]. Each
 side keeps its own first step (torchdiffeq: Hairer's selection, one extra
-evaluation; diffrax 0.7: 0.01 for ODEs, see `jaxdeq.ode.ODEStats`), and torchdiffeq
+evaluation; diffrax 0.7: 0.01 for ODEs, see `jaxdeq.ode.NeuralODE`), and torchdiffeq
 steps past t = 1 and interpolates back where diffrax clips its last step, so the step
 counts can differ by one or two: the NFE columns show it.
 
@@ -35,19 +35,19 @@ round-robin in rotating order (--node-rounds rounds, fewer once --node-budget
 seconds are spent, at least 3) so that load changes on a shared machine hit all rows
 alike; JAX outputs block_until_ready. Ratios: ours / torchdiffeq from the same
 rounds. NFE: torch = calls of the module's forward (during the forward, and
-separately during loss.backward()); ours forward = `stats.nfe` (vmap: mean over
-samples, max in the JSON); ours backward = calls seen by a `jax.debug.callback` in a
-copy of the vector field during one jitted value_and_grad, minus the forward's
-`stats.nfe` (under vmap the callback fires once per sample per batched evaluation;
-the count divided by the batch, minus the largest `stats.nfe`, is what the batched
-loop executes). diffrax's checkpointed backward evaluates each Runge-Kutta stage
-twice (its stage loop is itself checkpointed), so it counts about twice the forward
-evaluations. End states: max |y1_ours - y1_torch| and the max abs error of each
-against a float64 reference (torchdiffeq dopri5 at rtol = atol = 1e-10 on a float64
-copy). Gradients: max |g_ours - g_torch| / max |g_torch| over all parameters, against
-torch's gradient of the same backward mode. Memory: JAX = XLA compiled memory
-analysis of the forward + backward (temp bytes); torch = peak net CPU-allocator bytes
-of one forward + backward from the torch profiler.
+separately during loss.backward()); ours forward = `report.num_fn_evals` (vmap: mean
+over samples, max in the JSON); ours backward = calls seen by a `jax.debug.callback`
+in a copy of the vector field during one jitted value_and_grad, minus the forward's
+`report.num_fn_evals` (under vmap the callback fires once per sample per batched
+evaluation; the count divided by the batch, minus the largest `num_fn_evals`, is what
+the batched loop executes). diffrax's checkpointed backward evaluates each
+Runge-Kutta stage twice (its stage loop is itself checkpointed), so it counts about
+twice the forward evaluations. End states: max |y1_ours - y1_torch| and the max abs
+error of each against a float64 reference (torchdiffeq dopri5 at rtol = atol = 1e-10
+on a float64 copy). Gradients: max |g_ours - g_torch| / max |g_torch| over all
+parameters, against torch's gradient of the same backward mode. Memory: JAX = XLA
+compiled memory analysis of the forward + backward (temp bytes); torch = peak net
+CPU-allocator bytes of one forward + backward from the torch profiler.
 
 Wrapper overhead. `NeuralODE` against `diffrax.diffeqsolve` called directly with the
 same term, solver, controller, adjoint, saveat (t1), max_steps (4096) and throw
@@ -127,7 +127,7 @@ def _ours(field, mode, tol, adjoint, y0):
         y1, stats = block(y0)
     else:
         y1, stats = jax.vmap(block)(y0)
-    return y1, stats.nfe, stats.num_steps
+    return y1, stats.num_fn_evals, stats.num_steps
 
 
 def _raw(field, mode, tol, adjoint, y0):
@@ -182,7 +182,7 @@ def _jax_fns(impl, field, mode, adjoint, y0, forward_too):
 
 def _backward_counter(field, mode, adjoint, y0):
     """A function tol -> (vector-field calls of one value_and_grad, the forward's
-    stats.nfe)."""
+    report.num_fn_evals)."""
     counter = [0]
     if mode == "batch":
         vf = CountingField(BatchField(field), counter)
@@ -201,7 +201,7 @@ def _backward_counter(field, mode, adjoint, y0):
             y1, stats = block(y0)
         else:
             y1, stats = jax.vmap(block)(y0)
-        return jnp.sum(y1**2), stats.nfe
+        return jnp.sum(y1**2), stats.num_fn_evals
 
     grad = eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=True))
 
@@ -665,7 +665,8 @@ def node_markdown(res) -> str:
             "Torch memory: peak net CPU-allocator bytes (profiler); ours: XLA temp "
             "bytes of the compiled step. Backward NFE: torch counts module calls "
             "during `loss.backward()`; ours counts vector-field calls (debug "
-            "callback) in one value_and_grad minus the forward's `stats.nfe` (vmap: "
+            "callback) in one value_and_grad minus the forward's "
+            "`report.num_fn_evals` (vmap: "
             "per sample of the batched loop).",
             "### Wrapper overhead: NeuralODE / diffrax.diffeqsolve\n\n" + ovh,
         ]

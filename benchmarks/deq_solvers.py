@@ -283,7 +283,7 @@ def run_jax(name, one, prob, cfg):
         bwd = dict(
             bwd_steps=float(np.max(bstats.num_steps)),
             bwd_success=float(np.min(bstats.success)),
-            bwd_residual=float(np.max(bstats.residual)),
+            bwd_residual=float(np.max(bstats.rel_residual)),
         )
     grad = np.concatenate([np.asarray(g, np.float64).ravel() for g in grads])
     return dict(

@@ -113,7 +113,7 @@ def race_ours(problem: str, seed: int, adam: int, lbfgs: int, every: int) -> dic
         "final_errors": state["checkpoints"][-1]["errors"],
         "final_loss": float(result.history["loss"][-1]),
         "steps": int(result.num_steps),
-        "lbfgs_stop": result.message,
+        "lbfgs_stop": result.stop_reason,
         "checkpoints": state["checkpoints"],
         "peak_rss_mib": peers.peak_rss_mib(),
     }

@@ -113,7 +113,7 @@ def _train_ep(args, symmetric, method, homeostasis, seed, data):
                     throw=False,
                 )
             )(xb, yb)
-            loss, steps = st.loss, jnp.mean(st.free_steps)
+            loss, steps = st.extra["loss"], jnp.mean(st.num_steps)
         g = jax.tree.map(lambda v: jnp.mean(v, 0), g)
         if lam > 0:
             sub = xb[:8]

@@ -195,8 +195,8 @@ class Classifier(eqx.Module):
         return z.reshape(-1)
 
     def __call__(self, x, probe=None):
-        z, sol = self.layer(self.features(x), backward_stats=probe)
-        return self.head(self.readout(z)), z, sol
+        z, report = self.layer(self.features(x), backward_stats=probe)
+        return self.head(self.readout(z)), z, report
 
 
 def make_models(cfg, n_in, n_classes, side, key):
@@ -248,9 +248,9 @@ def train(model, data, cfg, seed):
 
         def loss(diff):
             model, probe = diff
-            logits, _, sol = jax.vmap(model)(x, probe)
+            logits, _, report = jax.vmap(model)(x, probe)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return ce, sol.stats["num_steps"]
+            return ce, report.num_steps
 
         probe = jaxdeq.BackwardStats.probe((x.shape[0],))
         grad_fn = eqx.filter_value_and_grad(loss, has_aux=True)
@@ -420,9 +420,8 @@ def evaluate(model, x_te, y_te, cfg):
 
         def forward(params, x, static=static):
             m = eqx.combine(params, static)
-            logits, z, sol = jax.vmap(m)(x)
-            ok = sol.result == jaxdeq.RESULTS.successful
-            return logits, z, sol.stats["num_steps"], ok
+            logits, z, report = jax.vmap(m)(x)
+            return logits, z, report.num_steps, report.successful
 
         t0 = time.perf_counter()
         try:

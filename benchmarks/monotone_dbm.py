@@ -71,10 +71,10 @@ def _dbm_inputs(model, pixels, observed_pixels, label_observed, labels):
 
 def _dbm_predict(model, pixels, observed_pixels):
     values, observed = _dbm_inputs(model, pixels, observed_pixels, False, 0)
-    q, sol = model(values, observed)
+    q, report = model(values, observed)
     pixel_probs = q[: PIXELS * BINS].reshape(PIXELS, BINS)
     label_probs = q[-CLASSES:]
-    return pixel_probs, label_probs, sol
+    return pixel_probs, label_probs, report
 
 
 def _focal(probs, target, gamma=2.0):
@@ -86,7 +86,7 @@ def _focal(probs, target, gamma=2.0):
 
 
 def _loss(model, pixels, labels, observed_pixels, gamma, pixel_weight):
-    pixel_probs, label_probs, sol = jax.vmap(_dbm_predict, in_axes=(None, 0, 0))(
+    pixel_probs, label_probs, report = jax.vmap(_dbm_predict, in_axes=(None, 0, 0))(
         model, pixels, observed_pixels
     )
     missing = jnp.invert(observed_pixels).astype(pixel_probs.dtype)
@@ -95,7 +95,7 @@ def _loss(model, pixels, labels, observed_pixels, gamma, pixel_weight):
     )
     label_p = jnp.take_along_axis(label_probs, labels[:, None], axis=1)[:, 0]
     ce = -jnp.mean(jnp.log(jnp.clip(label_p, 1e-7, 1.0)))
-    return pixel_weight * focal + (1 - pixel_weight) * ce, sol.stats["num_steps"]
+    return pixel_weight * focal + (1 - pixel_weight) * ce, report.num_steps
 
 
 def train_dbm(
@@ -160,8 +160,8 @@ def evaluate_dbm(model, data, seed):
     pixels, labels = jnp.asarray(xt), jnp.asarray(yt)
     all_obs = jnp.ones(pixels.shape, bool)
     part_obs = _masks(jr.PRNGKey(seed + 1), pixels.shape[0], 0.4)
-    _, label_all, sol_all = predict(model, pixels, all_obs)
-    pixel_part, label_part, sol_part = predict(model, pixels, part_obs)
+    _, label_all, _ = predict(model, pixels, all_obs)
+    pixel_part, label_part, report_part = predict(model, pixels, part_obs)
     missing = jnp.invert(part_obs)
     completed = jnp.argmax(pixel_part, -1)
     return {
@@ -170,8 +170,8 @@ def evaluate_dbm(model, data, seed):
         "completion_accuracy": float(
             jnp.sum((completed == pixels) & missing) / jnp.sum(missing)
         ),
-        "mean_steps": float(jnp.mean(sol_part.stats["num_steps"])),
-        "failed_solves": int(jnp.sum(sol_part.result != jaxdeq.RESULTS.successful)),
+        "mean_steps": float(jnp.mean(report_part.num_steps)),
+        "failed_solves": int(jnp.sum(~report_part.successful)),
         "mask": part_obs,
     }
 

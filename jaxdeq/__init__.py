@@ -43,6 +43,8 @@ from ._solver import (
     ForwardBackward as ForwardBackward,
     Homotopy as Homotopy,
     homotopy_path as homotopy_path,
+    MinStepsFixedPoint as MinStepsFixedPoint,
+    MinStepsRootFinder as MinStepsRootFinder,
     PeacemanRachford as PeacemanRachford,
     PseudoTransientNewton as PseudoTransientNewton,
     SteadyState as SteadyState,

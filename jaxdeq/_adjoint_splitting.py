@@ -1,10 +1,11 @@
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 import optimistix as optx
 from equinox.internal import ω
 
-from ._adjoint import _linearise, _stats, _upcast, AbstractDEQAdjoint
+from ._adjoint import _stats, _upcast, AbstractDEQAdjoint, follow_rtol
 from ._misc import check_positive_int, check_tolerances
 from ._solver._monotone_problem import (
     _TransposedResolvent,
@@ -36,6 +37,10 @@ class SplittingAdjoint(AbstractDEQAdjoint):
     residual $\|(I - J^\top) w - v\| / \|v\|$ is measured with the true Jacobian of
     `fn` and reported through [`jaxdeq.BackwardStats`][] like every jaxdeq adjoint.
 
+    Forward mode (`jax.jvp`) solves $(I - J W) t = b$ the same way: with
+    $u = J W t$, $u = J (W u + W b)$ is a monotone fixed point with the forward
+    operator (and the forward resolvent, untransposed), and $t = b + u$.
+
     ??? cite "References"
 
         ```bibtex
@@ -49,8 +54,8 @@ class SplittingAdjoint(AbstractDEQAdjoint):
     """
 
     solver: ForwardBackward | PeacemanRachford | None = None
-    rtol: float = 1e-6
-    atol: float = 0.0
+    rtol: float | None = None
+    atol: float | None = None
     max_steps: int = 1000
     throw: bool = True
 
@@ -63,37 +68,54 @@ class SplittingAdjoint(AbstractDEQAdjoint):
                 "jaxdeq.PeacemanRachford or None (reuse the forward splitting), got "
                 f"{self.solver!r}."
             )
-        check_tolerances("SplittingAdjoint", self.rtol, self.atol)
+        if self.rtol is not None or self.atol is not None:
+            check_tolerances(
+                "SplittingAdjoint",
+                1.0 if self.rtol is None else self.rtol,
+                0.0 if self.atol is None else self.atol,
+            )
         check_positive_int("SplittingAdjoint", "max_steps", self.max_steps)
 
-    def _backward(self, rewrite, root, cotangent, diff, inputs):
+    def _solve(self, lin, v, inputs):
         _, forward_solver, _, _, options, *_ = inputs
         problem = get_problem("SplittingAdjoint", options)
+        rtol = follow_rtol(forward_solver, lin.root) if self.rtol is None else self.rtol
+        atol = 0.0 if self.atol is None else self.atol
         solver = self.solver
         if solver is None:
             if isinstance(forward_solver, (ForwardBackward, PeacemanRachford)):
                 solver = forward_solver
             else:
-                solver = PeacemanRachford(rtol=self.rtol, atol=self.atol)
-        solver = dataclasses.replace(solver, rtol=self.rtol, atol=self.atol)
-        lin = _linearise(rewrite, root, diff)
-        v = _upcast(cotangent)
-        operator = Transposed(problem.operator)
-        prox = problem.prox.linearise(problem.pre_activation(root))
-        back = MonotoneProblem(operator, prox, v)
-        back_options = {"problem": back}
+                solver = PeacemanRachford(rtol=rtol, atol=atol)
+        solver = dataclasses.replace(solver, rtol=rtol, atol=atol)
+        v = _upcast(v)
+        prox = problem.prox.linearise(problem.pre_activation(lin.root))
+        if lin.transpose:
+            # w = (I - W^T D)^{-1} v: u = D (W^T u + v), w = v + W^T u.
+            operator = Transposed(problem.operator)  # pyright: ignore[reportCallIssue]
+            bias = v
+        else:
+            # t = (I - D W)^{-1} v: u = D (W u + W v), t = v + u.
+            operator = problem.operator
+            bias = operator.mv(v)
+        back = MonotoneProblem(operator, prox, bias)
+        back_options: dict[str, Any] = {"problem": back}
         if isinstance(solver, PeacemanRachford):
             forward_resolvent = options.get("resolvent")
             if forward_resolvent is not None and solver.alpha == getattr(
                 forward_solver, "alpha", False
             ):
-                back_options["resolvent"] = _TransposedResolvent(forward_resolvent)
+                back_options["resolvent"] = (
+                    _TransposedResolvent(forward_resolvent)  # pyright: ignore[reportCallIssue]
+                    if lin.transpose
+                    else forward_resolvent
+                )
             else:
                 back_options["resolvent"] = operator.resolvent(solver.step_size(back))
         sol = optx.fixed_point(
             back,
             solver,
-            prox(v, 1.0),
+            prox(bias, 1.0),
             None,
             back_options,
             max_steps=self.max_steps,
@@ -101,10 +123,13 @@ class SplittingAdjoint(AbstractDEQAdjoint):
             throw=False,
         )
         u = sol.value
-        w = (v**ω + operator.mv(u) ** ω).ω
-        residual = lin.system_residual(w, v)
+        if lin.transpose:
+            w = (v**ω + operator.mv(u) ** ω).ω
+        else:
+            w = (v**ω + u**ω).ω
+        residual = lin.residual(w, v)
         success = (sol.result == optx.RESULTS.successful) & jnp.isfinite(residual)
-        return lin.parameter_vjp(w), _stats(sol.stats["num_steps"], residual, success)
+        return w, _stats(sol.stats["num_steps"], residual, success)
 
 
 SplittingAdjoint.__init__.__doc__ = r"""**Arguments:**
@@ -113,6 +138,9 @@ SplittingAdjoint.__init__.__doc__ = r"""**Arguments:**
     forward solver's splitting and step size (and its factorisation), or
     Peaceman–Rachford if the forward solver was not a splitting solver.
 - `rtol`, `atol`: the backward solve's tolerances (they replace the solver's).
+    `None` (default): `rtol` follows the forward solve (the forward solver's `rtol`,
+    at least ten machine epsilons of the state's dtype; see
+    [`jaxdeq.ImplicitAdjoint`][]) and `atol` is zero.
 - `max_steps`: the backward step budget.
 - `throw`: raise if the backward solve fails (see [`jaxdeq.AbstractDEQAdjoint`][]).
 """

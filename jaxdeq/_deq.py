@@ -1,3 +1,4 @@
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -10,8 +11,8 @@ from equinox.internal import ω
 from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractDEQAdjoint, ImplicitAdjoint
-from ._misc import check_positive_int, record, relative
-from ._solution import AbstractReportingState, BackwardStats, RESULTS, translate
+from ._misc import as_int, check_positive_int, record, relative
+from ._solution import AbstractReportingState, BackwardStats, Report, RESULTS, translate
 from ._solver.anderson import Anderson
 
 
@@ -179,10 +180,13 @@ def fixed_point(
         [`jaxdeq.PhantomAdjoint`][], [`jaxdeq.JacobianFreeAdjoint`][],
         [`jaxdeq.NeumannAdjoint`][], or any optimistix adjoint
         (`optimistix.RecursiveCheckpointAdjoint()` backpropagates through the
-        iterations).
+        iterations). jaxdeq's adjoints support forward mode too (`jax.jvp`,
+        `jax.jacfwd`), and their backward tolerance follows the solver's.
     - `throw`: if `True`, a failed forward solve raises with a message that says what
         to try, and so does a failed backward solve of a jaxdeq adjoint. If `False`,
-        failures are returned in `sol.result` (and in the backward statistics).
+        failures are returned in `sol.result`, and the backward statistics of a
+        jaxdeq adjoint report `success = 0` for a sample whose forward solve failed
+        (its gradient is not that of a fixed point).
     - `tags`: lineax tags for the Jacobian of `y -> fn(y, args) - y`.
     - `backward_stats`: a [`jaxdeq.BackwardStats`][] probe; differentiating with
         respect to it yields the backward solve's statistics.
@@ -198,6 +202,7 @@ def fixed_point(
     non-float `y0`, `fn` output that does not match `y0`, or a bad `max_steps`.
     """
     _check_inputs(fn, solver, y0, args, has_aux, max_steps, adjoint, backward_stats)
+    max_steps = as_int(max_steps)
     return _fixed_point(
         fn,
         solver,
@@ -270,50 +275,91 @@ class DEQ(eqx.Module):
 
         ```python
         cell = MyCell(key=key)                        # cell(z, x) -> z
-        deq = jaxdeq.DEQ(cell, z0=jnp.zeros(64))
-        z, sol = jax.vmap(deq)(xs)                    # per-sample solves
-        sol.stats["num_steps"], sol.stats["rel_residual"]
+        deq = jaxdeq.DEQ(cell, y0=jnp.zeros(64))
+        z, report = jax.vmap(deq)(xs)                 # per-sample solves
+        report.num_steps, report.rel_residual, report.successful
         ```
     """
 
     cell: Callable
-    z0: PyTree[Array]
-    solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder = Anderson(
-        rtol=1e-4, atol=1e-6
-    )
-    adjoint: optx.AbstractAdjoint = ImplicitAdjoint()
-    max_steps: int = eqx.field(static=True, default=50)
-    throw: bool = eqx.field(static=True, default=False)
+    y0: PyTree[Array]
+    solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder
+    adjoint: optx.AbstractAdjoint
+    max_steps: int = eqx.field(static=True)
+    throw: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        cell: Callable,
+        y0: PyTree[Array] = None,
+        solver: optx.AbstractFixedPointSolver | optx.AbstractRootFinder = Anderson(
+            rtol=1e-4, atol=1e-6
+        ),
+        adjoint: optx.AbstractAdjoint = ImplicitAdjoint(),
+        max_steps: int = 50,
+        throw: bool = False,
+        *,
+        z0: PyTree[Array] = None,
+    ):
+        if z0 is not None:
+            if y0 is not None:
+                raise TypeError("DEQ: pass `y0` only (`z0` is its deprecated name).")
+            warnings.warn(
+                "DEQ(z0=...) is deprecated; the initial state is `y0` in every jaxdeq "
+                "layer, as in optimistix: DEQ(cell, y0=...).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            y0 = z0
+        if y0 is None:
+            raise TypeError(
+                "DEQ: the initial state `y0` is required, e.g. "
+                "`DEQ(cell, y0=jnp.zeros(64))`."
+            )
+        self.cell = cell
+        self.y0 = y0
+        self.solver = solver
+        self.adjoint = adjoint
+        self.max_steps = as_int(max_steps)
+        self.throw = throw
 
     def __check_init__(self):
         check_positive_int("DEQ", "max_steps", self.max_steps)
         if not callable(self.cell):
             raise TypeError("DEQ: `cell` must be callable as `cell(z, x)`.")
 
+    @property
+    def z0(self) -> PyTree[Array]:
+        """Deprecated name of `y0`."""
+        warnings.warn(
+            "DEQ.z0 is deprecated; use DEQ.y0.", DeprecationWarning, stacklevel=2
+        )
+        return self.y0
+
     def __call__(
         self,
         x: PyTree[Array],
-        z0: PyTree[Array] | None = None,
+        y0: PyTree[Array] | None = None,
         *,
         backward_stats: BackwardStats | None = None,
         key: Any = None,
-    ) -> tuple[PyTree[Array], optx.Solution]:
+    ) -> tuple[PyTree[Array], Report]:
         """Solve for the equilibrium of one sample.
 
         **Arguments:**
 
         - `x`: the input injected into every cell call.
-        - `z0`: optional warm start replacing the layer's `z0`.
+        - `y0`: optional warm start replacing the layer's `y0`.
         - `backward_stats`: optional [`jaxdeq.BackwardStats`][] probe.
         - `key`: unused; accepted for compatibility with `eqx.nn.Sequential`.
 
         **Returns:**
 
-        `(z_star, sol)`: the equilibrium and the solution object (its `stats` hold
-        the diagnostics of [`jaxdeq.fixed_point`][]; its solver state is dropped).
+        `(z_star, report)`: the equilibrium and its [`jaxdeq.Report`][] (the keys of
+        [`jaxdeq.fixed_point`][]'s `sol.stats`).
         """
         del key
-        start = self.z0 if z0 is None else z0
+        start = self.y0 if y0 is None else y0
         sol = fixed_point(
             _cell_fn,
             self.solver,
@@ -324,16 +370,16 @@ class DEQ(eqx.Module):
             throw=self.throw,
             backward_stats=backward_stats,
         )
-        sol = eqx.tree_at(lambda s: s.state, sol, None, is_leaf=lambda v: v is None)
-        return sol.value, sol
+        return sol.value, Report.from_solution(sol)
 
 
 DEQ.__init__.__doc__ = r"""**Arguments:**
 
 - `cell`: the cell, `cell(z, x) -> z`; any callable, typically an equinox Module.
-- `z0`: the initial state of one sample; fixes the state's shape and dtype. It is an
+- `y0`: the initial state of one sample; fixes the state's shape and dtype. It is an
     array field, so optimisers see it, but its gradient is zero under jaxdeq's
-    adjoints (the fixed point does not depend on where the solve starts).
+    adjoints (the fixed point does not depend on where the solve starts). (`z0=` is
+    its deprecated name.)
 - `solver`: the forward solver (default `jaxdeq.Anderson(rtol=1e-4, atol=1e-6)`); any
     optimistix fixed-point solver or root finder, e.g. [`jaxdeq.SteadyState`][] (the
     equilibrium as the steady state of $dz/dt = f(z, x) - z$) or
@@ -341,7 +387,7 @@ DEQ.__init__.__doc__ = r"""**Arguments:**
 - `adjoint`: the backward mode (default [`jaxdeq.ImplicitAdjoint`][]).
 - `max_steps`: the forward step budget.
 - `throw`: whether a failed solve raises. Default `False`: in training, failures are
-    reported per sample in `sol.result` and the run goes on.
+    reported per sample in `report.result` and the run goes on.
 """
 
 

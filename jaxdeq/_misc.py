@@ -1,18 +1,25 @@
 """Small private helpers shared by the solvers and adjoints."""
 
 import math
+import numbers
 from collections.abc import Callable
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, PyTree, Scalar
 
 
 # A fixed-point iteration whose residual has grown by this factor over the first
-# residual is declared divergent. Large on purpose: accelerated methods are not
-# monotone, and only a genuine blow-up should stop them.
+# residual, or whose iterate has grown by it over the initial scale
+# ||y0|| + ||f(y0)||, is declared divergent. Large on purpose: accelerated methods
+# are not monotone, and only a genuine blow-up should stop them. The iterate test
+# matters for relative tolerances: when the iterate explodes, ||f(y)|| does too, and
+# `abs_residual <= atol + rtol * ||f(y)||` would otherwise pass on a map with no
+# fixed point.
 DIVERGENCE_RATIO = 1e8
 # Keeps relative residuals finite at a zero fixed point.
 TINY = 1e-30
@@ -75,39 +82,79 @@ def relative(abs_residual: Scalar, scale: Scalar) -> Scalar:
     return abs_residual / (scale + TINY)
 
 
-def check_tolerances(name: str, rtol: float, atol: float) -> None:
-    for label, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, (jax.Array,)) and value.ndim != 0:
+def _is_tracer(value) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _as_number(name: str, label: str, value) -> float:
+    """`value` as a Python float, or a TypeError naming the argument."""
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        if jnp.ndim(value) != 0:
             raise ValueError(
-                f"{name}: `{label}` must be a scalar, got shape {value.shape}."
+                f"{name}: `{label}` must be a scalar, got shape {jnp.shape(value)}."
             )
-        try:
-            as_float = float(value)
-        except TypeError as e:
+        if not (
+            jnp.issubdtype(jnp.result_type(value), jnp.floating)
+            or jnp.issubdtype(jnp.result_type(value), jnp.integer)
+        ):
             raise TypeError(
-                f"{name}: `{label}` must be a number, got {value!r}."
-            ) from e
-        if not as_float >= 0:
-            raise ValueError(
-                f"{name}: `{label}` must be non-negative, got {value!r}. "
+                f"{name}: `{label}` must be a real number, got {value!r}. "
                 f"Pass e.g. `{label}=1e-5`."
             )
-    if float(rtol) == 0 and float(atol) == 0:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name}: `{label}` must be a real number, got {value!r} "
+            f"({type(value).__name__}). Pass e.g. `{label}=1e-5`."
+        )
+    return float(value)
+
+
+def check_tolerances(name: str, rtol: float, atol: float) -> None:
+    """`rtol` and `atol`: finite, non-negative real numbers, not both zero."""
+    values = {}
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if _is_tracer(value):
+            # A traced tolerance (e.g. a solver passed through `jit`) was checked
+            # when the solver was built.
+            return
+        as_float = _as_number(name, label, value)
+        if not (math.isfinite(as_float) and as_float >= 0):
+            raise ValueError(
+                f"{name}: `{label}` must be finite and non-negative, got {value!r}. "
+                f"Pass e.g. `{label}=1e-5`."
+            )
+        values[label] = as_float
+    if values["rtol"] == 0 and values["atol"] == 0:
         raise ValueError(
             f"{name}: `rtol` and `atol` are both zero, so the solver could never stop. "
             "Set at least one of them, e.g. `rtol=1e-4, atol=1e-6`."
         )
 
 
+def as_int(value):
+    """Field converter: a NumPy integer becomes a Python int (a static
+    hyperparameter, not an array leaf); anything else is left for
+    `check_positive_int` to judge."""
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def check_positive_int(name: str, label: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer hyperparameter: a Python or NumPy integer, not a bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (numbers.Integral, np.integer)
+    ):
         raise TypeError(f"{name}: `{label}` must be an int, got {value!r}.")
     if value < minimum:
         raise ValueError(f"{name}: `{label}` must be at least {minimum}, got {value}.")
 
 
 def check_unit_interval(name: str, label: str, value: float) -> None:
-    if not (0.0 < float(value) <= 1.0):
+    if _is_tracer(value):
+        return
+    if not (0.0 < _as_number(name, label, value) <= 1.0):
         raise ValueError(
             f"{name}: `{label}` must lie in (0, 1], got {value!r}. "
             f"Use `{label}=1.0` for no damping or e.g. `{label}=0.5` to damp."
@@ -118,11 +165,40 @@ NormFn = Callable[[PyTree], Scalar]
 
 
 def check_growth_factor(name: str, label: str, value: float) -> None:
-    if not float(value) > 1:
+    if _is_tracer(value):
+        return
+    if not (_as_number(name, label, value) > 1 and math.isfinite(float(value))):
         raise ValueError(
             f"{name}: `{label}` must be > 1 (the residual growth that triggers a "
             f"restart), got {value!r}."
         )
+
+
+def iterate_diverged(iterate_norm: Scalar, initial_scale: Scalar) -> Array:
+    """Whether an iterate has grown beyond `DIVERGENCE_RATIO` times the initial
+    scale `||y0|| + ||f(y0)||` (a zero scale counts as the smallest normal)."""
+    tiny = jnp.finfo(jnp.result_type(initial_scale)).tiny
+    return iterate_norm > DIVERGENCE_RATIO * jnp.maximum(initial_scale, tiny)
+
+
+def passes(
+    abs_residual: Scalar,
+    scale: Scalar,
+    first_residual: Scalar,
+    initial_scale: Scalar,
+    rtol: float,
+    atol: float,
+) -> Array:
+    """The success test of jaxdeq's residual-based solvers, on the returned value:
+    `abs_residual <= atol + rtol * scale` (`scale` is `||f(y)||`), where a pass that
+    needs more than the initial scale `||y0|| + ||f(y0)||` also needs a residual
+    below the first one. So a relative test cannot pass merely because the iterate,
+    and with it `||f(y)||`, grew without the residual shrinking (`z -> z + 1`)."""
+    within = abs_residual <= atol + rtol * scale
+    progress = (abs_residual < first_residual) | (
+        abs_residual <= atol + rtol * initial_scale
+    )
+    return within & progress
 
 
 def stopping(converged, diverged, nonfinite) -> tuple[Array, optx.RESULTS]:
@@ -141,8 +217,9 @@ def check_margin(name: str, margin: float) -> None:
             f"{name}: `margin` must be a Python float, got {type(margin).__name__}. "
             "Pass e.g. `margin=0.5`; it is a fixed hyperparameter, not a parameter."
         )
-    if not margin > 0:
+    if not (margin > 0 and math.isfinite(margin)):
         raise ValueError(
-            f"{name}: `margin` must be > 0 (it is the m in I - W >= m I that makes "
-            f"the fixed point unique), got {margin!r}. Use e.g. margin=0.5."
+            f"{name}: `margin` must be finite and > 0 (it is the m in I - W >= m I "
+            f"that makes the fixed point unique), got {margin!r}. Use e.g. "
+            "margin=0.5."
         )

@@ -21,7 +21,7 @@ def _normal_like(key, tree):
 
 
 def _sum_squares(tree) -> Scalar:
-    return sum(jnp.sum(jnp.square(x)) for x in jtu.tree_leaves(tree))
+    return jnp.asarray(sum(jnp.sum(jnp.square(x)) for x in jtu.tree_leaves(tree)))
 
 
 def jacobian_regulariser(

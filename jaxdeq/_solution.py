@@ -9,6 +9,7 @@ from typing import Any
 import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, Scalar
@@ -66,6 +67,12 @@ class RESULTS(dfx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "(jaxdeq.ImplicitAdjoint(linear_solver=lineax.GMRES(...))), or a more "
         "contractive cell (jaxdeq.jacobian_regulariser)."
     )
+    steady_state_not_reached = (
+        "The steady-state solve reached its end time `t1` before the state stopped "
+        "changing, so the returned state is not a steady state. Raise `t1` (or use "
+        "`t1=inf` with a step budget), or check that the flow has a stable "
+        "equilibrium."
+    )
     fit_not_converged = (
         "The fit stopped before its loss or residual met the stated target. Train "
         "longer, raise the learning rate schedule's budget, or loosen the target."
@@ -120,6 +127,14 @@ def translate(result: Any) -> RESULTS:
     ):
         promoted = RESULTS.where(promoted == generic, specific, promoted)
     return promoted
+
+
+def first_failure(result: RESULTS) -> RESULTS:
+    """One result for a batch of results: `successful` if every one succeeded, else
+    the code of the first that failed."""
+    ok = jnp.ravel(result == RESULTS.successful)
+    index = jnp.argmin(ok)
+    return jtu.tree_map(lambda v: jnp.ravel(v)[index], result)
 
 
 class AbstractReportingState(eqx.Module):
@@ -311,11 +326,13 @@ class BackwardStats(eqx.Module):
     @property
     def result(self) -> RESULTS:
         """`RESULTS.successful` where `success` is 1, else `RESULTS.backward_failed`."""
-        return RESULTS.where(
+        # Elementwise (`RESULTS.where` needs a scalar predicate), for batched stats.
+        value = jnp.where(
             jnp.asarray(self.success) > 0.5,
-            RESULTS.successful,
-            RESULTS.backward_failed,
+            RESULTS.successful._value,
+            RESULTS.backward_failed._value,
         )
+        return eqx.tree_at(lambda r: r._value, RESULTS.successful, value)
 
     @property
     def residual(self) -> Float[Array, "*batch"]:
@@ -347,3 +364,18 @@ def forward_success(result: Any) -> Array:
     """`1.0` where a forward result is successful, else `0.0` (float32), for
     `BackwardStats.success`."""
     return is_successful(result).astype(jnp.float32)
+
+
+def deprecated_z0(name: str, y0: Any, z0: Any) -> Any:
+    """`y0`, or the deprecated `z0=` keyword of a layer's call with a warning."""
+    if z0 is None:
+        return y0
+    if y0 is not None:
+        raise TypeError(f"{name}: pass `y0` only (`z0` is its deprecated name).")
+    warnings.warn(
+        f"{name}(x, z0=...) is deprecated; the initial state is `y0` in every "
+        "jaxdeq layer, as in optimistix.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return z0

@@ -8,8 +8,11 @@ forward and backward solves went. Further commands are added as subparsers in
 
 import argparse
 import dataclasses
+import signal
 import sys
 import time
+import typing
+import warnings
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -31,7 +34,6 @@ from . import (
     JacobianFreeAdjoint,
     NeumannAdjoint,
     PhantomAdjoint,
-    RESULTS,
 )
 from .data import load_digits
 
@@ -47,6 +49,17 @@ _SOLVE_MODELS = (
     "aiyagari",
 )
 _ADJOINTS = ("implicit", "phantom", "jfb", "neumann")
+# Which `jaxdeq solve` options apply to which models; any other is refused.
+_PINN_MODELS = ("cake-eating", "growth", "merton", "lqr")
+_SOLVE_OPTIONS = {
+    "seed": _PINN_MODELS + ("brock-mirman",),
+    "small": _PINN_MODELS + ("brock-mirman",),
+    "steps": _PINN_MODELS,
+    "dim": ("lqr",),
+    "horizon": ("merton",),
+    "grid_size": ("huggett", "aiyagari"),
+    "rho": ("huggett", "aiyagari"),
+}
 _EVAL_BATCH = 512
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 
@@ -170,12 +183,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     solve.add_argument("model", choices=_SOLVE_MODELS, help="the model to solve")
     solve.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="random seed (default: 0)"
+        "--seed",
+        type=_non_negative_int,
+        default=None,
+        help="PINN and DEQN models: random seed (default: 0)",
     )
     solve.add_argument(
         "--small",
         action="store_true",
-        help="a quick, less accurate run (fewer training steps)",
+        help="PINN and DEQN models: a quick, less accurate run (fewer steps)",
     )
     solve.add_argument(
         "--out",
@@ -187,12 +203,13 @@ def _parser() -> argparse.ArgumentParser:
         "--steps",
         type=_positive_int,
         default=None,
-        help="override the number of Adam and of L-BFGS steps (each)",
+        help="cake-eating, growth, merton, lqr: override the number of Adam and of "
+        "L-BFGS steps (each)",
     )
     solve.add_argument(
         "--dim",
         type=_positive_int,
-        default=20,
+        default=None,
         help="lqr: the state dimension (default: 20)",
     )
     solve.add_argument(
@@ -247,8 +264,8 @@ def _add_train_parser(commands) -> None:
                     continue
                 kind = type(field.default) if field.default is not None else int
                 extra = {}
-                if field.name == "precision":
-                    extra["choices"] = ("float32", "bfloat16")
+                if typing.get_origin(field.type) is typing.Literal:
+                    extra["choices"] = typing.get_args(field.type)
                 options.add_argument(
                     flag,
                     type=kind,
@@ -260,7 +277,9 @@ def _add_train_parser(commands) -> None:
         sub.add_argument(
             "--resume",
             action="store_true",
-            help="continue from the newest intact checkpoint in --run-dir",
+            help="continue from the newest intact checkpoint in --run-dir, with its "
+            "key and data position; refused if the training configuration differs "
+            "(unless --force)",
         )
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         sub.set_defaults(handler=_run_train, train_recipe=recipe)
@@ -272,20 +291,24 @@ def _run_train(args: argparse.Namespace) -> int:
     recipe = args.train_recipe
     values = vars(args)
     config_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(
-        **{k: values[k] for k in config_fields if k in values and k != "progress"},
-        progress=not args.no_progress,
-    )
-    if config.run_dir == TrainConfig.run_dir:
-        config = dataclasses.replace(config, run_dir=f"runs/{recipe.name}")
-    options = recipe.options(
-        **{f.name: values[f.name] for f in dataclasses.fields(recipe.options)}
-    )
     try:
+        # Every value is checked here, before any compute.
+        config = TrainConfig(
+            **{k: values[k] for k in config_fields if k in values and k != "progress"},
+            progress=not args.no_progress,
+        )
+        if config.run_dir == TrainConfig.run_dir:
+            config = dataclasses.replace(config, run_dir=f"runs/{recipe.name}")
+        options = recipe.options(
+            **{f.name: values[f.name] for f in dataclasses.fields(recipe.options)}
+        )
         result = train(recipe, config, options)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         print(f"jaxdeq train: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"jaxdeq train: error: {e}", file=sys.stderr)
+        return 1
     if result.history:
         last = result.history[-1]
         shown = ", ".join(
@@ -296,7 +319,8 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"metrics: {config.run_dir}/metrics.jsonl  plots: {plot}")
     if result.interrupted:
         print("interrupted; resume with the same command and --resume.")
-        return 130
+        # The shell's convention: 128 + the signal's number (SIGTERM 143, SIGINT 130).
+        return 128 + (result.signal or signal.SIGINT)
     return 0
 
 
@@ -361,11 +385,11 @@ class _Classifier(eqx.Module):
         self.head = eqx.nn.Linear(hidden, 10, dtype=jnp.float32, key=hkey)
 
     def __call__(self, x, probe=None):
-        z, sol = self.deq(self.encoder(x), backward_stats=probe)
+        z, report = self.deq(self.encoder(x), backward_stats=probe)
         stats = {
-            "num_steps": sol.stats["num_steps"],
-            "rel_residual": sol.stats["rel_residual"],
-            "success": sol.result == RESULTS.successful,
+            "num_steps": report.num_steps,
+            "rel_residual": report.rel_residual,
+            "success": report.successful,
         }
         return self.head(z), stats
 
@@ -510,6 +534,13 @@ def _run_digits(args: argparse.Namespace) -> int:
             losses.append(loss)
             forwards.append(forward)
             backwards.append(bstats)
+        if not np.all(np.isfinite(np.asarray(losses))):
+            print(
+                f"jaxdeq digits: error: the loss became non-finite in epoch {epoch}; "
+                "lower --lr (e.g. --lr 1e-3).",
+                file=sys.stderr,
+            )
+            return 1
         forward = jax.tree.map(lambda *v: np.concatenate(v), *forwards)
         backward = jax.tree.map(lambda *v: np.concatenate(v), *backwards)
         train_accuracy, _ = _evaluate(model, x_train, y_train)
@@ -521,13 +552,14 @@ def _run_digits(args: argparse.Namespace) -> int:
             f"| {forward_text} | {backward_text} | "
             f"{time.perf_counter() - epoch_start:.1f}s"
         )
-    forward_text, backward_text = _summaries(test_forward, backward)
+    # `--epochs` is at least 1, so the loop above ran and bound these.
+    forward_text, backward_text = _summaries(test_forward, backward)  # pyright: ignore[reportPossiblyUnboundVariable]
     print(
         "summary (forward statistics of the test set, backward statistics of the "
         "last epoch):"
     )
     print(
-        f"test accuracy {test_accuracy:.3f} | {forward_text} | {backward_text} | "
+        f"test accuracy {test_accuracy:.3f} | {forward_text} | {backward_text} | "  # pyright: ignore[reportPossiblyUnboundVariable]
         f"total {time.perf_counter() - start:.1f}s"
     )
     return 0
@@ -573,18 +605,18 @@ def _hjb_model(args: argparse.Namespace):
     small = args.small
     if args.model == "cake-eating":
         settings = dict(adam_steps=1000, lbfgs_steps=1000) if small else {}
-        return econ.CakeEating(), settings
+        return econ.CakeEating(), settings  # pyright: ignore[reportCallIssue]
     if args.model == "growth":
         settings = dict(adam_steps=1500, lbfgs_steps=1500) if small else {}
-        return econ.Growth(), settings
+        return econ.Growth(), settings  # pyright: ignore[reportCallIssue]
     if args.model == "merton":
-        model = econ.Merton(horizon=args.horizon)
+        model = econ.Merton(horizon=args.horizon)  # pyright: ignore[reportCallIssue]
         points = 1024 if args.horizon is not None else 256
         settings = dict(num_points=points)
         if small:
             settings.update(adam_steps=1000, lbfgs_steps=1000)
         return model, settings
-    model = econ.LQR(dim=args.dim)
+    model = econ.LQR(dim=args.dim)  # pyright: ignore[reportCallIssue]
     settings = dict(num_points=4096, width=64, resample_every=100, lbfgs_steps=2000)
     if small:
         settings.update(num_points=1024, adam_steps=1000, lbfgs_steps=1000)
@@ -593,6 +625,7 @@ def _hjb_model(args: argparse.Namespace):
 
 def _run_equilibrium(args: argparse.Namespace, out: str) -> int:
     from . import econ
+    from ._solution import RESULTS
 
     options = {}
     if args.grid_size is not None:
@@ -613,14 +646,20 @@ def _run_equilibrium(args: argparse.Namespace, out: str) -> int:
     )
     start = time.perf_counter()
     try:
-        eq = econ.solve_equilibrium(economy)
-        jax.block_until_ready(eq.r)
+        # A grid too coarse for the distribution is reported as a line of output
+        # (with its error estimate), not as a Python warning.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", econ.CoarseGridWarning)
+            eq = econ.solve_equilibrium(economy)
+            jax.block_until_ready(eq.r)
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"jaxdeq solve {args.model}: {e}") from None
     first = time.perf_counter() - start
     start = time.perf_counter()
-    eq = econ.solve_equilibrium(economy)
-    jax.block_until_ready(eq.r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", econ.CoarseGridWarning)
+        eq = econ.solve_equilibrium(economy)
+        jax.block_until_ready(eq.r)
     again = time.perf_counter() - start
     h = eq.household
     print(f"interest rate r* = {float(eq.r):.8f}, wage w = {float(eq.prices.w):.6g}")
@@ -636,15 +675,37 @@ def _run_equilibrium(args: argparse.Namespace, out: str) -> int:
         f"residual {float(h.kfe_residual):.1e}"
     )
     print(f"time: {first:.2f} s with compilation, {again:.3f} s compiled")
-    ok = eq.result == optx.RESULTS.successful and clearing < 1e-8
+    ok = bool(eq.result == RESULTS.successful) and clearing < 1e-8
     print(f"check: {'PASS' if ok else 'FAIL'} (|S(r*)| < 1e-8)")
+    for warning in caught:
+        if issubclass(warning.category, econ.CoarseGridWarning):
+            print(f"warning: {warning.message}")
     if not args.no_plots:
         for path in econ.plot_equilibrium(economy, eq, out):
             print(f"wrote {path}")
     return 0 if ok else 1
 
 
+def _refuse_inapplicable(args: argparse.Namespace) -> None:
+    """Refuse an option that does not apply to the chosen model, rather than ignore
+    it silently."""
+    for name, models in _SOLVE_OPTIONS.items():
+        value = getattr(args, name)
+        given = value is not None and value is not False
+        if given and args.model not in models:
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(
+                f"jaxdeq solve {args.model}: {flag} is not supported for "
+                f"{args.model}: it applies only to {', '.join(models)}. Remove it."
+            )
+
+
 def _run_solve(args: argparse.Namespace) -> int:
+    _refuse_inapplicable(args)
+    if args.seed is None:
+        args.seed = 0
+    if args.dim is None:
+        args.dim = 20
     jax.config.update("jax_enable_x64", True)
     from . import econ
 

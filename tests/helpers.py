@@ -3,13 +3,19 @@
 Adding a solver to `fixed_point_solvers` puts it through the whole battery.
 """
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import diffrax
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
+import numpy as np
 import optimistix as optx
+from jaxtyping import Array
 
 import jaxdeq
 
@@ -23,12 +29,26 @@ fixed_point_solvers = (
     jaxdeq.Broyden(rtol=TOL, atol=TOL, memory=4, line_search=True),
     jaxdeq.Homotopy(rtol=TOL, atol=TOL),
     jaxdeq.SteadyState(rtol=TOL, atol=TOL),
+    # A root finder; optimistix hands it g(y) = f(y) - y. The two-norm so that its
+    # reported residual is the battery's.
+    jaxdeq.PseudoTransientNewton(rtol=TOL, atol=TOL, norm=optx.two_norm),
 )
+# Operator splitting needs a monotone problem (`options={"problem": problem}`);
+# `monotone_problem` below builds one, and test_solvers runs these over it.
+splitting_solvers = (
+    jaxdeq.ForwardBackward(rtol=TOL, atol=TOL),
+    jaxdeq.PeacemanRachford(rtol=TOL, atol=TOL),
+    jaxdeq.PeacemanRachford(rtol=TOL, atol=TOL, relaxation=0.5),
+)
+# Scalar root finders that need a bracket (`options=dict(lower=..., upper=...)`).
+bracketed_root_finders = (jaxdeq.BracketedNewton(rtol=TOL, atol=TOL),)
 # The fixed-point homotopy needs a map into a bounded set (a DEQ cell) to be sure of
 # arriving; general root problems get the Newton homotopy (tested with the Heun
 # predictor and matrix-free GMRES solves, the cheap end of its options).
 root_finders = tuple(
-    s for s in fixed_point_solvers if isinstance(s, jaxdeq.Broyden)
+    s
+    for s in fixed_point_solvers
+    if isinstance(s, (jaxdeq.Broyden, jaxdeq.PseudoTransientNewton))
 ) + (
     jaxdeq.Homotopy(
         rtol=TOL,
@@ -109,6 +129,303 @@ def cosine(z, args):
     return jnp.cos(z)
 
 
+def monotone_problem(key, n=6, margin=0.5, scale=2.0):
+    """A small monotone fixed point z = relu(W z + b) with I - W >= margin I."""
+    k1, k2 = jr.split(key)
+    op = jaxdeq.monotone.MonotoneLinear(n, margin=margin, key=k1)
+    op = eqx.tree_at(lambda o: (o.A, o.B), op, (scale * op.A, scale * op.B))
+    return jaxdeq.monotone.MonotoneProblem(
+        op, jaxdeq.monotone.ReLU(), jr.normal(k2, (n,))
+    )
+
+
 def finite_difference(fn, x, direction, eps=1e-6):
     """Central difference of a scalar function along `direction` (float64)."""
     return (fn(x + eps * direction) - fn(x - eps * direction)) / (2 * eps)
+
+
+# ---------------------------------------------------------------------------------
+# Layers. Every public layer is listed in `layers`, and tests/test_layers.py runs the
+# same battery over each: the report contract, vmap against a loop, no recompilation
+# when only data changes, parameter gradients against central finite differences in
+# float64, a forced failure reported per sample (and raised with `throw=True`), and
+# low-precision inputs. Adding a family means adding one `LayerCase`.
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCase:
+    """How the battery builds and calls one layer.
+
+    - `make(key, dtype, *, tol, max_steps, throw)`: the layer, with a forward solve
+        to `tol` and an exact (implicit, tight) backward mode, so that gradients can
+        be checked against finite differences;
+    - `inputs(key, batch, dtype)`: a tuple of batched inputs, mapped over axis 0;
+    - `failing(key, batch, dtype)`: `(layer kwargs, inputs, expected)` for a forced
+        failure: layer settings (e.g. a tiny `max_steps`) and inputs under which the
+        samples where `expected` is True succeed and the others fail;
+    - `failure`: the result code a failing sample reports;
+    - `call(layer, *inputs)`: one sample's `(output, report)`;
+    - `dtypes`: the low-precision dtypes the layer supports;
+    - `has_residual`: False for solves with no residual (a fixed-horizon ODE
+        reports NaN residuals).
+    """
+
+    name: str
+    make: Callable
+    inputs: Callable
+    failing: Callable
+    failure: str = "fixed_point_max_steps_reached"
+    call: Callable = lambda layer, *xs: layer(*xs)
+    dtypes: tuple = (jnp.float32, jnp.bfloat16)
+    has_residual: bool = True
+
+
+class _TanhCell(eqx.Module):
+    weight: Array
+    inject: Array
+
+    def __call__(self, z, x):
+        return jnp.tanh(self.weight @ z + self.inject @ x)
+
+
+def _contraction(key, n, norm, dtype):
+    q = jr.orthogonal(key, n).astype(dtype)
+    return (norm * q).astype(dtype)
+
+
+def _deq_make(key, dtype, *, tol, max_steps, throw):
+    k1, k2 = jr.split(key)
+    cell = _TanhCell(
+        _contraction(k1, 6, 0.8, dtype), (0.5 * jr.normal(k2, (6, 3))).astype(dtype)
+    )
+    return jaxdeq.DEQ(
+        cell,
+        y0=jnp.zeros(6, dtype),
+        solver=jaxdeq.Anderson(rtol=tol, atol=tol),
+        adjoint=tight_implicit,
+        max_steps=max_steps,
+        throw=throw,
+    )
+
+
+def _vector_inputs(size):
+    def inputs(key, batch, dtype):
+        return (jr.normal(key, (batch, size)).astype(dtype),)
+
+    return inputs
+
+
+def _zero_half(size):
+    """Inputs whose first half is zero: a layer whose fixed point for x = 0 is its
+    initial state succeeds there in one step, and fails with `max_steps=1` on the
+    rest."""
+
+    def failing(key, batch, dtype):
+        x = jr.normal(key, (batch, size)).astype(dtype)
+        expected = jnp.arange(batch) < batch // 2
+        x = jnp.where(expected[:, None], jnp.zeros((), dtype), x)
+        return {"max_steps": 1}, (x,), expected
+
+    return failing
+
+
+def _mondeq_make(key, dtype, *, tol, max_steps, throw):
+    k1, k2 = jr.split(key)
+    return jaxdeq.monotone.MonDEQ(
+        jaxdeq.monotone.MonotoneLinear(6, margin=0.5, key=k1, dtype=dtype),
+        eqx.nn.Linear(3, 6, use_bias=False, key=k2, dtype=dtype),
+        solver=jaxdeq.PeacemanRachford(rtol=tol, atol=tol),
+        adjoint=tight_implicit,
+        max_steps=max_steps,
+        throw=throw,
+    )
+
+
+def _dbm_make(key, dtype, *, tol, max_steps, throw):
+    k1, k2 = jr.split(key)
+    dbm = jaxdeq.monotone.MonotoneDBM(
+        ((2, 3), (1, 2)),
+        margin=0.3,
+        solver=jaxdeq.PeacemanRachford(rtol=tol, atol=tol),
+        adjoint=tight_implicit,
+        max_steps=max_steps,
+        throw=throw,
+        key=k1,
+        dtype=dtype,
+    )
+    return eqx.tree_at(
+        lambda d: d.bias, dbm, jr.normal(k2, dbm.bias.shape).astype(dtype)
+    )
+
+
+def _dbm_inputs(key, batch, dtype):
+    groups = ((2, 3), (1, 2))
+    k1, k2 = jr.split(key)
+    cats = jr.randint(k1, (batch, 3), 0, 2)
+    values = jax.vmap(lambda c: jaxdeq.monotone.one_hot_groups(c, groups))(cats)
+    observed = jr.bernoulli(k2, 0.5, (batch, 3))
+    return values.astype(dtype), observed
+
+
+def _dbm_failing(key, batch, dtype):
+    values, _ = _dbm_inputs(key, batch, dtype)
+    # Fully clamped samples are solved by their clamp at once; free ones are not.
+    expected = jnp.arange(batch) < batch // 2
+    observed = jnp.broadcast_to(expected[:, None], (batch, 3))
+    return {"max_steps": 1}, (values, observed), expected
+
+
+class _TanhRefiner(eqx.Module):
+    weight: Array
+
+    def __call__(self, u):
+        return jnp.tanh(self.weight @ u) - u
+
+
+def _attractor_make(key, dtype, *, tol, max_steps, throw):
+    k1, k2 = jr.split(key)
+    backbone = eqx.nn.Linear(3, 6, use_bias=False, key=k1, dtype=dtype)
+    return jaxdeq.attractor.AttractorRefiner(
+        backbone,
+        _TanhRefiner(_contraction(k2, 6, 0.7, dtype)),
+        solver=jaxdeq.Anderson(rtol=tol, atol=tol),
+        adjoint=tight_implicit,
+        min_steps=0,
+        max_steps=max_steps,
+        throw=throw,
+    )
+
+
+layers = (
+    LayerCase("DEQ", _deq_make, _vector_inputs(3), _zero_half(3)),
+    LayerCase("MonDEQ", _mondeq_make, _vector_inputs(3), _zero_half(3)),
+    LayerCase("MonotoneDBM", _dbm_make, _dbm_inputs, _dbm_failing),
+    LayerCase("AttractorRefiner", _attractor_make, _vector_inputs(3), _zero_half(3)),
+)
+
+
+class _ODEField(eqx.Module):
+    # f(t, y, x) = tanh(W y + U x): zero at y = 0 for x = 0 (or no input).
+    weight: Array
+    inject: Array
+
+    def __call__(self, t, y, x):
+        del t
+        drive = 0 if x is None else self.inject @ x
+        return jnp.tanh(self.weight @ y + drive)
+
+
+def _ode_field(key, dtype):
+    k1, k2 = jr.split(key)
+    weight = (0.5 * jr.normal(k1, (6, 6))).astype(dtype)
+    return _ODEField(weight, (0.5 * jr.normal(k2, (6, 3))).astype(dtype))
+
+
+def _ode_settings(tol, max_steps, throw):
+    controller = diffrax.PIDController(rtol=tol, atol=tol)
+    return dict(stepsize_controller=controller, max_steps=max_steps, throw=throw)
+
+
+def _neural_ode_make(key, dtype, *, tol, max_steps, throw):
+    return jaxdeq.ode.NeuralODE(
+        _ode_field(key, dtype), **_ode_settings(tol, max_steps, throw)
+    )
+
+
+def _homoode_make(key, dtype, *, tol, max_steps, throw):
+    return jaxdeq.ode.HomoODE(
+        _ode_field(key, dtype),
+        jnp.zeros(6, dtype),
+        **_ode_settings(tol, max_steps, throw),
+    )
+
+
+def _ode_failing(size):
+    # A zero state in a field that vanishes there takes a few growing steps to t1;
+    # the others need many more at this tolerance.
+    zero_half = _zero_half(size)
+
+    def failing(key, batch, dtype):
+        _, inputs, expected = zero_half(key, batch, dtype)
+        return {"max_steps": 4}, (2 * inputs[0],), expected
+
+    return failing
+
+
+def _graph_make(key, dtype, *, tol, max_steps, throw):
+    return jaxdeq.graph.ConvergentGraphSolver(
+        3,
+        2,
+        edge_features=1,
+        hidden=4,
+        heads=2,
+        width=8,
+        depth=1,
+        method="iterate",
+        activation="tanh",
+        solver=jaxdeq.Anderson(rtol=tol, atol=tol),
+        adjoint=tight_implicit,
+        max_steps=max_steps,
+        throw=throw,
+        dtype=dtype,
+        key=key,
+    )
+
+
+def _random_graph(seed, dtype, p=0.35):
+    rng = np.random.default_rng(seed)
+    adj = rng.random((5, 5)) < p
+    np.fill_diagonal(adj, False)
+    receivers, senders = np.nonzero(adj)
+    keep = min(len(senders), 12)
+    return jaxdeq.graph.graph(
+        rng.normal(size=(5, 3)),
+        senders[:keep],
+        receivers[:keep],
+        rng.normal(size=(keep, 1)),
+        max_nodes=6,
+        max_edges=12,
+        dtype=dtype,
+    )
+
+
+def _stack_graphs(graphs):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *graphs)
+
+
+def _graph_inputs(key, batch, dtype):
+    seed = int(jr.randint(key, (), 0, 2**16))
+    return (_stack_graphs([_random_graph(seed + i, dtype) for i in range(batch)]),)
+
+
+def _graph_failing(key, batch, dtype):
+    # A graph without edges is solved at once (T(B) = B); the others are not in
+    # one step.
+    seed = int(jr.randint(key, (), 0, 2**16))
+    expected = jnp.arange(batch) < batch // 2
+    graphs = [
+        _random_graph(seed + i, dtype, p=0.0 if bool(expected[i]) else 0.6)
+        for i in range(batch)
+    ]
+    return {"max_steps": 1}, (_stack_graphs(graphs),), expected
+
+
+layers = layers + (
+    LayerCase(
+        "NeuralODE",
+        _neural_ode_make,
+        _vector_inputs(6),
+        _ode_failing(6),
+        failure="max_steps_reached",
+        has_residual=False,
+    ),
+    LayerCase(
+        "HomoODE",
+        _homoode_make,
+        _vector_inputs(3),
+        _ode_failing(3),
+        failure="max_steps_reached",
+        has_residual=False,
+    ),
+    LayerCase("ConvergentGraphSolver", _graph_make, _graph_inputs, _graph_failing),
+)

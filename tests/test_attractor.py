@@ -89,14 +89,15 @@ def test_affine_refiner_reaches_closed_form(affine, solver, min_steps):
     # F(y; c) = c + A(y + c) + b is affine: y* = (I - A)^-1 ((I + A) c + b).
     refiner, backbone, x, _ = affine
     model = _model(refiner, backbone, solver=solver, min_steps=min_steps)
-    y, info = model(x)
+    y, report = model(x)
     c = np.asarray(backbone(x))
     np.testing.assert_allclose(y, _closed_form(refiner, c), rtol=1e-9, atol=1e-10)
-    assert bool(info.converged)
-    assert int(info.num_steps) >= min_steps
-    assert float(info.rel_residual) < 1e-9
+    assert isinstance(report, jaxdeq.Report)
+    assert bool(report.successful)
+    assert int(report.num_steps) >= min_steps
+    assert float(report.rel_residual) < 1e-9
     expected = np.linalg.norm(np.asarray(y) - c) / np.linalg.norm(c)
-    np.testing.assert_allclose(info.internalization, expected, rtol=1e-12)
+    np.testing.assert_allclose(report.extra["internalization"], expected, rtol=1e-12)
 
 
 def _loss_grads(model, x, v):
@@ -205,13 +206,13 @@ def test_fixed_point_depends_on_proposal_only_with_persistent_injection(affine, 
     y2, _ = persistent(x2)
     assert float(jnp.linalg.norm(y1 - y2)) > 1e-2
     initial = _model(refiner, backbone, injection="initial")
-    z1, i1 = initial(x)
-    z2, i2 = initial(x2)
+    z1, report1 = initial(x)
+    z2, report2 = initial(x2)
     # F(y) = A y + b has the unique fixed point (I - A)^-1 b whatever the start.
     expected = np.linalg.solve(np.eye(N) - np.asarray(refiner.a), refiner.b)
     np.testing.assert_allclose(z1, expected, rtol=1e-9)
     np.testing.assert_allclose(z2, expected, rtol=1e-9)
-    assert bool(i1.converged) and bool(i2.converged)
+    assert bool(report1.successful) and bool(report2.successful)
 
 
 def _token_model(key, *, max_steps=16, dim=16, **kwargs):
@@ -233,9 +234,9 @@ def test_tighter_tolerance_never_lowers_iterations(getkey):
         model = eqx.tree_at(
             lambda m: m.solver, model, jaxdeq.Anderson(rtol=tol, atol=0.0)
         )
-        _, info = jax.vmap(model)(tokens)
-        assert bool(jnp.all(info.converged))
-        steps.append(np.asarray(info.num_steps))
+        _, report = jax.vmap(model)(tokens)
+        assert bool(jnp.all(report.successful))
+        steps.append(np.asarray(report.num_steps))
     for looser, tighter in zip(steps, steps[1:]):
         assert np.all(tighter >= looser)
     assert np.all(steps[-1] > steps[0])
@@ -245,21 +246,22 @@ def test_budgets_decode_proposal_and_steps(getkey):
     tokens = jr.randint(getkey(), (8,), 0, 12)
     model = _token_model(getkey())
     c = model.backbone(tokens)
-    out0, info0 = model(tokens, steps=0)
+    out0, report0 = model(tokens, steps=0)
     np.testing.assert_array_equal(out0, model.decoder(c))
-    assert float(info0.internalization) == 0.0 and int(info0.num_steps) == 0
-    out1, info1 = model(tokens, steps=1)
+    assert float(report0.extra["internalization"]) == 0.0
+    assert int(report0.num_steps) == 0
+    out1, report1 = model(tokens, steps=1)
     np.testing.assert_allclose(out1, model.decoder(model.map(c, c)), rtol=1e-12)
-    assert int(info1.num_steps) == 1
+    assert int(report1.num_steps) == 1
     # Many plain steps of a contraction reach the solver's fixed point.
     solved, _ = model(tokens)
     model_tight = eqx.tree_at(
         lambda m: m.solver, model, jaxdeq.Anderson(rtol=1e-10, atol=0.0)
     )
     solved, _ = model_tight(tokens)
-    looped, info = model(tokens, steps=60)
+    looped, report = model(tokens, steps=60)
     np.testing.assert_allclose(looped, solved, rtol=1e-6, atol=1e-8)
-    assert bool(info.converged)
+    assert bool(report.successful)
 
 
 def test_attention_masks_restrict_information_flow(getkey):
@@ -355,13 +357,14 @@ def test_internalization_on_a_representable_task(getkey):
         params, state = carry
 
         def loss(params):
-            out, info = jax.vmap(eqx.combine(params, static))(xs)
-            return jnp.mean((out - ys) ** 2), info
+            out, report = jax.vmap(eqx.combine(params, static))(xs)
+            return jnp.mean((out - ys) ** 2), report
 
-        (value, info), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        (value, report), grads = jax.value_and_grad(loss, has_aux=True)(params)
         with jax.numpy_dtype_promotion("standard"):
             updates, state = optim.update(grads, state)
-        metrics = (value, jnp.mean(info.internalization), jnp.mean(info.num_steps))
+        internal = jnp.mean(report.extra["internalization"])
+        metrics = (value, internal, jnp.mean(report.num_steps))
         return (eqx.apply_updates(params, updates), state), metrics
 
     # One compiled scan over the whole run: no compile or dispatch per step.
@@ -379,10 +382,10 @@ def test_internalization_on_a_representable_task(getkey):
 def test_jacobian_penalty(affine, getkey):
     refiner, backbone, x, _ = affine
     model = _model(refiner, backbone, jacobian_weight=0.5)
-    _, info = model(x)
-    assert float(info.jacobian_penalty) == 0.0  # no key: no penalty
+    _, report = model(x)
+    assert float(report.extra["jacobian_penalty"]) == 0.0  # no key: no penalty
     keys = jr.split(getkey(), 4000)
-    penalties = jax.vmap(lambda k: model(x, key=k)[1].jacobian_penalty)(keys)
+    penalties = jax.vmap(lambda k: model(x, key=k)[1].extra["jacobian_penalty"])(keys)
     # E = 0.5 ||A||_F^2 / N for the affine map (Hutchinson, 4000 probes).
     expected = 0.5 * float(jnp.sum(refiner.a**2)) / N
     np.testing.assert_allclose(float(jnp.mean(penalties)), expected, rtol=0.05)

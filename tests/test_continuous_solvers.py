@@ -37,6 +37,7 @@ def test_scalar_path_points_and_end(parametrisation):
     solver = jaxdeq.Homotopy(
         rtol=1e-12,
         atol=1e-12,
+        kind="fixed_point",
         corrector_tol=1e-10,
         parametrisation=parametrisation,
         path_size=32,
@@ -138,10 +139,12 @@ def test_arclength_passes_a_turning_point():
     # Tracking in λ stalls at the fold; arclength goes round it.
     fn = lambda z, _: 2.5 * jnp.tanh(z) + 1.0
     z0 = jnp.array([-10.0])
-    in_lambda = jaxdeq.Homotopy(rtol=1e-10, atol=1e-12, parametrisation="lambda")
+    in_lambda = jaxdeq.Homotopy(
+        rtol=1e-10, atol=1e-12, kind="fixed_point", parametrisation="lambda"
+    )
     stalled = optx.fixed_point(fn, in_lambda, z0, max_steps=200, throw=False)
     assert stalled.result == optx.RESULTS.nonlinear_divergence
-    solver = jaxdeq.Homotopy(rtol=1e-10, atol=1e-12, path_size=64)
+    solver = jaxdeq.Homotopy(rtol=1e-10, atol=1e-12, kind="fixed_point", path_size=64)
     sol = optx.fixed_point(fn, solver, z0, max_steps=200)
     np.testing.assert_allclose(sol.value, fn(sol.value, None), atol=1e-9)
     assert sol.value[0] > 3
@@ -362,8 +365,38 @@ def test_end_game_retreats_and_arrives():
     w = 6.0 * w / jnp.linalg.norm(w, 2)
     b, z0 = jr.normal(k2, (16,)), 10.0 * jr.normal(k3, (16,))
     cell = lambda z, args: jnp.tanh(args[0] @ z + args[1])
-    solver = jaxdeq.Homotopy(rtol=1e-6, atol=1e-8)
+    solver = jaxdeq.Homotopy(rtol=1e-6, atol=1e-8, kind="fixed_point")
     sol = optx.fixed_point(cell, solver, z0, (w, b), max_steps=500, throw=False)
     assert sol.result == optx.RESULTS.successful
     residual = jnp.linalg.norm(cell(sol.value, (w, b)) - sol.value)
     assert residual <= 1e-8 + 1e-6 * jnp.linalg.norm(sol.value)
+
+
+def test_min_steps_wrappers():
+    from jaxdeq._solver.min_steps import (
+        at_least,
+        MinStepsFixedPoint,
+        MinStepsRootFinder,
+    )
+
+    const = lambda z, _: jnp.full_like(z, 0.5)  # converged after one step
+    inner = jaxdeq.Anderson(rtol=1e-8, atol=1e-10)
+    solver = MinStepsFixedPoint(inner, 5)
+    assert (solver.rtol, solver.atol, solver.norm) == (
+        inner.rtol,
+        inner.atol,
+        inner.norm,
+    )
+    sol = jaxdeq.fixed_point(const, solver, jnp.zeros(3), max_steps=50)
+    assert int(sol.stats["num_steps"]) == 5
+    np.testing.assert_allclose(sol.value, 0.5)
+    assert sol.stats["abs_residual"] == 0  # the wrapped solver's report still reads
+    assert at_least(inner, 1) is inner
+    assert isinstance(at_least(jaxdeq.Homotopy(1e-8, 1e-10), 3), MinStepsRootFinder)
+    homotopy = MinStepsRootFinder(jaxdeq.Homotopy(1e-8, 1e-10), 12)
+    sol = optx.root_find(lambda z, _: jnp.arctan(z), homotopy, jnp.array(1.0))
+    assert int(sol.stats["num_steps"]) >= 12
+    with pytest.raises(TypeError, match="MinStepsRootFinder"):
+        MinStepsFixedPoint(jaxdeq.Homotopy(1e-8, 1e-10), 3)  # pyright: ignore
+    with pytest.raises(ValueError, match="min_steps"):
+        MinStepsFixedPoint(inner, -1)

@@ -30,26 +30,44 @@ def _deq(key, **kwargs):
         adjoint=tight_implicit,
         max_steps=200,
     )
-    return jaxdeq.DEQ(Cell(8, 3, key=key), z0=jnp.zeros(8), **{**defaults, **kwargs})
+    return jaxdeq.DEQ(Cell(8, 3, key=key), y0=jnp.zeros(8), **{**defaults, **kwargs})
 
 
 def test_layer_solves_and_reports(getkey):
     deq = _deq(getkey())
     xs = jr.normal(getkey(), (4, 3))
-    zs, sol = jax.vmap(deq)(xs)
+    zs, report = jax.vmap(deq)(xs)
     assert zs.shape == (4, 8)
     np.testing.assert_allclose(jax.vmap(deq.cell)(zs, xs), zs, atol=1e-9)
-    assert sol.stats["num_steps"].shape == (4,)
-    assert sol.stats["rel_residual"].shape == (4,)
-    assert sol.stats["residual_trace"].shape == (4, 64)
-    assert jnp.all(jax.vmap(lambda r: r == jaxdeq.RESULTS.successful)(sol.result))
+    assert isinstance(report, jaxdeq.Report)
+    assert report.num_steps.shape == (4,)
+    assert report.num_fn_evals.shape == (4,)
+    assert report.abs_residual.shape == (4,)
+    assert report.rel_residual.shape == (4,)
+    assert report.residual_trace.shape == (4, 64)
+    assert jnp.all(report.successful)
+
+
+def test_layer_deprecated_z0(getkey):
+    cell = Cell(8, 3, key=getkey())
+    with pytest.warns(DeprecationWarning, match="y0"):
+        deq = jaxdeq.DEQ(cell, z0=jnp.zeros(8))
+    np.testing.assert_array_equal(deq.y0, jnp.zeros(8))
+    with pytest.warns(DeprecationWarning, match="y0"):
+        np.testing.assert_array_equal(deq.z0, jnp.zeros(8))
+    with pytest.raises(TypeError, match="y0"):
+        jaxdeq.DEQ(cell, y0=jnp.zeros(8), z0=jnp.zeros(8))
+    _, report = deq(jr.normal(getkey(), (3,)))
+    with pytest.warns(DeprecationWarning, match="report.num_steps"):
+        steps = report.stats["num_steps"]
+    assert steps == report.num_steps
 
 
 def test_layer_matches_functional_entry_point(getkey):
     deq = _deq(getkey())
     x = jr.normal(getkey(), (3,))
     z, _ = deq(x)
-    sol = jaxdeq.fixed_point(lambda z, a: deq.cell(z, a), deq.solver, deq.z0, x)
+    sol = jaxdeq.fixed_point(lambda z, a: deq.cell(z, a), deq.solver, deq.y0, x)
     np.testing.assert_allclose(z, sol.value, atol=1e-12)
 
 
@@ -79,15 +97,15 @@ def test_layer_gradient_matches_finite_differences(getkey):
     )
     np.testing.assert_allclose(analytic, fd, rtol=1e-6)
     # No gradient reaches the initial state.
-    np.testing.assert_array_equal(grads.z0, jnp.zeros(8))
+    np.testing.assert_array_equal(grads.y0, jnp.zeros(8))
 
 
 def test_layer_warm_start(getkey):
     deq = _deq(getkey())
     x = jr.normal(getkey(), (3,))
     z, cold = deq(x)
-    z_warm, warm = deq(x, z0=z)
-    assert warm.stats["num_steps"] <= 1 < cold.stats["num_steps"]
+    z_warm, warm = deq(x, y0=z)
+    assert warm.num_steps <= 1 < cold.num_steps
     np.testing.assert_allclose(z_warm, z, atol=1e-10)
 
 
@@ -119,10 +137,10 @@ def test_layer_with_spectral_norm_cell(getkey):
             out, _ = self.linear(z, self.state, inference=True)
             return jnp.tanh(0.9 * out + x)
 
-    deq = jaxdeq.DEQ(SNCell(linear, state), z0=jnp.zeros(8), max_steps=100)
+    deq = jaxdeq.DEQ(SNCell(linear, state), y0=jnp.zeros(8), max_steps=100)
     x = jr.normal(getkey(), (8,))
-    z, sol = deq(x)
-    assert sol.result == jaxdeq.RESULTS.successful
+    z, report = deq(x)
+    assert report.successful
     # The layer's default tolerance is rtol=1e-4.
     residual = jnp.linalg.norm(deq.cell(z, x) - z)
     assert residual <= 1e-6 + 1e-4 * jnp.linalg.norm(deq.cell(z, x))
@@ -169,8 +187,8 @@ def test_cell_with_non_array_leaves(getkey):
             return 0.5 * self.mlp(jnp.concatenate([z, x]))
 
     x = jr.normal(getkey(), (4,))
-    z, sol = jaxdeq.DEQ(Cell(mlp), z0=jnp.zeros(4))(x)
-    assert sol.result == jaxdeq.RESULTS.successful
+    z, report = jaxdeq.DEQ(Cell(mlp), y0=jnp.zeros(4))(x)
+    assert report.successful
     fz = Cell(mlp)(z, x)
     # The layer's default test: ||f(z) - z|| <= 1e-6 + 1e-4 ||f(z)||.
     assert jnp.linalg.norm(fz - z) <= 1e-6 + 1e-4 * jnp.linalg.norm(fz)

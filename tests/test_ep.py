@@ -39,7 +39,8 @@ def problem():
 def _rel_error(net, x, y, g_true, **kwargs):
     g, stats = ep.ep_gradient(net, x, y, solver=SOLVER, **kwargs)
     g = _flat(g)
-    assert bool(jnp.all(stats.nudged_residual < 1e-12))
+    assert bool(jnp.all(stats.extra["nudged"].rel_residual < 1e-12))
+    assert bool(stats.successful) and bool(jnp.all(stats.extra["nudged"].successful))
     error = float(jnp.linalg.norm(g - g_true) / jnp.linalg.norm(g_true))
     cosine = float(g @ g_true / (jnp.linalg.norm(g) * jnp.linalg.norm(g_true)))
     return error, cosine
@@ -205,12 +206,52 @@ def test_vmap_float32_and_training_step():
     )
     # A few EP steps lower the loss.
     mean = jax.tree.map(lambda g: jnp.mean(g, 0), grads)
-    loss0 = jnp.mean(stats.loss)
+    loss0 = jnp.mean(stats.extra["loss"])
+    assert stats.num_steps.shape == (4,) and bool(jnp.all(stats.successful))
+    assert stats.extra["nudged"].num_steps.shape == (4, 2)  # symmetric: +-beta
     for _ in range(5):
         net = eqx.apply_updates(net, jax.tree.map(lambda g: -1.0 * g, mean))
         grads, stats = batched(xs, ys)
         mean = jax.tree.map(lambda g: jnp.mean(g, 0), grads)
-    assert float(jnp.mean(stats.loss)) < float(loss0)
+    assert float(jnp.mean(stats.extra["loss"])) < float(loss0)
+
+
+def test_forced_failure_is_reported_per_sample_and_throw_raises(problem):
+    net, x, y, _ = problem
+    xs = jnp.stack([x, x.at[0].set(jnp.nan), 0.5 * x])
+    ys = jnp.stack([y, y, y])
+
+    def estimate(**kwargs):
+        return jax.vmap(
+            lambda a, b: ep.ep_gradient(net, a, b, solver=SOLVER, **kwargs)
+        )(xs, ys)
+
+    _, report = estimate(throw=False)
+    assert isinstance(report, jaxdeq.Report)
+    np.testing.assert_array_equal(report.successful, [True, False, True])
+    nonfinite = report.result == jaxdeq.RESULTS.fixed_point_nonfinite
+    np.testing.assert_array_equal(nonfinite, [False, True, False])
+    np.testing.assert_array_equal(report.extra["free"].successful, [True, False, True])
+    assert report.extra["nudged"].successful.shape == (3, 2)
+    _, report = estimate(throw=False, max_steps=2)
+    failed = report.result == jaxdeq.RESULTS.fixed_point_max_steps_reached
+    np.testing.assert_array_equal(failed, [True, False, True])
+    with pytest.raises(Exception, match="fixed-point solve"):
+        estimate(max_steps=2)  # functions throw by default
+
+    # A nudged phase that fails fails the estimate, though the free phase succeeded.
+    def cost(prediction, target):
+        # Its value is the squared error; its gradient is NaN (sqrt at 0).
+        return ep.squared_error(prediction, target) + jnp.sqrt(
+            jnp.sum((prediction - prediction) ** 2)
+        )
+
+    _, report = ep.ep_gradient(net, x, y, solver=SOLVER, cost=cost, throw=False)
+    assert bool(report.extra["free"].successful)
+    assert not bool(jnp.any(report.extra["nudged"].successful))
+    assert report.result == jaxdeq.RESULTS.fixed_point_nonfinite
+    with pytest.warns(DeprecationWarning, match="EPStats"):
+        ep.EPStats(*(jnp.zeros(()),) * 6)
 
 
 def test_errors(problem):

@@ -12,6 +12,7 @@ import optimistix as optx
 import pytest
 
 import jaxdeq
+import jaxdeq.data
 from jaxdeq import graph as jgraph
 
 
@@ -112,7 +113,9 @@ def test_fixed_point_matches_dense_solve():
     h_it, stats_it = it.solve(g)
     np.testing.assert_allclose(h_lin, expected, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(h_it, expected, rtol=1e-10, atol=1e-12)
-    assert float(stats["rel_residual"]) < 1e-12 and int(stats_it["num_steps"]) > 0
+    assert float(stats.rel_residual) < 1e-12 and int(stats_it.num_steps) > 0
+    assert bool(stats.successful) and bool(stats_it.successful)
+    assert int(stats.num_steps) == 0 and int(stats.num_fn_evals) == 1
     # Padding nodes stay at zero and do not change the real nodes.
     assert np.all(np.asarray(h_lin)[7:] == 0)
     unpadded = _random_graph(2, max_nodes=7, max_edges=int(np.sum(g.edge_mask)))
@@ -125,10 +128,11 @@ def test_batches_vmap_and_disjoint_union():
     graphs = [_random_graph(s) for s in (3, 4, 5)]
     model = _model(method="iterate", solver=TIGHT, activation="tanh")
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *graphs)
-    batched = jax.vmap(model)(stacked)
-    union = model(jgraph.batch_graphs(graphs))
+    batched, report = jax.vmap(model)(stacked)
+    assert report.num_steps.shape == (3,) and bool(jnp.all(report.successful))
+    union, _ = model(jgraph.batch_graphs(graphs))
     for i, g in enumerate(graphs):
-        single = model(g)
+        single, _ = model(g)
         np.testing.assert_allclose(batched[i], single, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(
             union[i * N : (i + 1) * N], single, rtol=1e-9, atol=1e-11
@@ -160,7 +164,7 @@ def _fd_check(model, g, loss_fn):
 def test_gradients_match_finite_differences_and_unrolled(activation):
     g = _random_graph(6)
     target = jnp.asarray(np.random.default_rng(0).normal(size=(N, 2)))
-    loss_fn = lambda m, gg: jnp.sum((m(gg) - target) ** 2)
+    loss_fn = lambda m, gg: jnp.sum((m(gg)[0] - target) ** 2)
     kwargs = dict(activation=activation, solver=TIGHT)
     if activation == "tanh":
         kwargs["adjoint"] = jaxdeq.ImplicitAdjoint(
@@ -198,7 +202,7 @@ def test_graph_readout_and_training_reduces_loss():
     @eqx.filter_jit
     def step(model):
         def loss(m):
-            return jnp.mean((jax.vmap(m)(stacked) - targets) ** 2)
+            return jnp.mean((jax.vmap(m)(stacked)[0] - targets) ** 2)
 
         value, grads = eqx.filter_value_and_grad(loss)(model)
         return eqx.apply_updates(model, jax.tree.map(lambda g: -0.05 * g, grads)), value
@@ -211,13 +215,33 @@ def test_graph_readout_and_training_reduces_loss():
     pooled = jgraph.ConvergentGraphSolver(
         F, 3, edge_features=1, readout="mean", dtype=jnp.float64, key=jr.PRNGKey(2)
     )
-    out = pooled(graphs[0])
-    nodes = jgraph.ConvergentGraphSolver(
+    out, _ = pooled(graphs[0])
+    nodes, _ = jgraph.ConvergentGraphSolver(
         F, 3, edge_features=1, dtype=jnp.float64, key=jr.PRNGKey(2)
     )(graphs[0])
     np.testing.assert_allclose(out, jnp.sum(nodes, 0) / 7, rtol=1e-12)
     with pytest.raises(ValueError, match="edge features"):
         jgraph.ConvergentGraphSolver(F, 3, key=jr.PRNGKey(2))(graphs[0])
+
+
+def test_forced_failure_is_reported_per_graph_and_throw_raises():
+    # A graph without edges is solved at once (T(B) = B); the others need more
+    # than two steps at this tolerance.
+    graphs = [_random_graph(3, p=0.0), _random_graph(4), _random_graph(5, p=0.0)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *graphs)
+    kwargs = dict(method="iterate", activation="tanh", solver=TIGHT, max_steps=2)
+    out, report = jax.vmap(_model(**kwargs))(stacked)
+    assert isinstance(report, jaxdeq.Report)
+    np.testing.assert_array_equal(report.successful, [True, False, True])
+    failed = report.result == jaxdeq.RESULTS.fixed_point_max_steps_reached
+    np.testing.assert_array_equal(failed, [False, True, False])
+    assert bool(jnp.all(jnp.isfinite(out)))
+    with pytest.raises(Exception, match="max_steps"):
+        jax.vmap(_model(throw=True, **kwargs))(stacked)
+    # The linear solve reports lineax's result, lifted.
+    _, report = jax.vmap(_model())(stacked)
+    assert bool(jnp.all(report.successful))
+    assert report.rel_residual.shape == (3,)
 
 
 def test_errors():

@@ -312,8 +312,9 @@ def test_mass_point_converges_under_refinement():
 
 
 def test_huggett_equilibrium_and_implicit_derivatives(huggett):
-    eq = econ.solve_equilibrium(huggett)
-    assert eq.result == optx.RESULTS.successful
+    # 100 points: deliberately coarse (r* is ~45% off the grid limit), to be fast.
+    eq = econ.solve_equilibrium(huggett, check_grid=False)
+    assert eq.result == jaxdeq.RESULTS.successful
     assert abs(float(eq.excess_supply)) < 1e-8
     lo, hi = huggett.bracket()
     assert lo < float(eq.r) < hi
@@ -321,7 +322,7 @@ def test_huggett_equilibrium_and_implicit_derivatives(huggett):
 
     def equilibrium(rho):
         e = eqx.tree_at(lambda e: e.rho, huggett, rho)
-        sol = econ.solve_equilibrium(e)
+        sol = econ.solve_equilibrium(e, check_grid=False)
         return jnp.stack(
             [sol.r, sol.aggregates["mass_at_limit"], sol.household.c[50, 0]]
         )
@@ -338,7 +339,7 @@ def test_huggett_equilibrium_and_implicit_derivatives(huggett):
 
 def test_aiyagari_equilibrium_clears_capital_market():
     economy = econ.Aiyagari(grid_size=100)
-    eq = econ.solve_equilibrium(economy)
+    eq = econ.solve_equilibrium(economy, check_grid=False)
     agg = eq.aggregates
     assert abs(float(eq.excess_supply)) < 1e-8
     # Capital supplied by households equals the firm's demand at r*, and the wage
@@ -365,7 +366,7 @@ def test_estimation_recovers_rho(huggett):
         return jnp.stack([econ.fraction_at_limit(eq.household)])
 
     truth = jnp.asarray(0.05)
-    target = moments(econ.solve_equilibrium(huggett))
+    target = moments(econ.solve_equilibrium(huggett, check_grid=False))
     res = econ.estimate(
         huggett,
         lambda e: e.rho,
@@ -374,7 +375,7 @@ def test_estimation_recovers_rho(huggett):
         target,
         moment_covariance=jnp.array([[1e-6]]),
     )
-    assert res.result == optx.RESULTS.successful
+    assert res.result == jaxdeq.RESULTS.successful
     np.testing.assert_allclose(res.params, truth, rtol=1e-8)
     np.testing.assert_allclose(res.moments, target, atol=1e-12)
     # One moment, one parameter: the standard error is sd / |dm/drho|.

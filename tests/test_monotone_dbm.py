@@ -48,8 +48,8 @@ def test_coupling_is_monotone_symmetric_and_zero_within_groups(getkey):
 
 def test_mean_field_equations_and_clamping(getkey):
     dbm = _model(getkey())
-    q, sol = dbm()
-    assert sol.result == jaxdeq.RESULTS.successful
+    q, report = dbm()
+    assert report.successful
     w, b = dbm.coupling(), dbm.bias
     pre = w @ q + b
     expected = jnp.concatenate(
@@ -63,7 +63,7 @@ def test_mean_field_equations_and_clamping(getkey):
     # field.
     observed = jnp.array([True, False, False, True])
     values = monotone.one_hot_groups(jnp.array([2, -1, -1, 1]), dbm.groups)
-    q, sol = dbm(values, observed)
+    q, _ = dbm(values, observed)
     np.testing.assert_allclose(q[:3], jnp.array([0.0, 0.0, 1.0]))
     np.testing.assert_allclose(q[9:], jnp.array([0.0, 1.0, 0.0, 0.0]))
     pre = w @ q + b
@@ -99,8 +99,8 @@ def test_marginals_beat_naive_mean_field_on_exact_model(getkey):
     probs = jax.nn.softmax(jax.vmap(dbm.log_potential)(x))
     exact = probs @ x
 
-    q, sol = dbm()
-    assert sol.result == jaxdeq.RESULTS.successful
+    q, report = dbm()
+    assert report.successful
     w, b = dbm.coupling(), dbm.bias
 
     def naive(q, _):
@@ -162,9 +162,10 @@ def test_batched_masks_float32(getkey):
     cats = jr.randint(getkey(), (7, 6), 0, 3)
     values = jax.vmap(lambda c: monotone.one_hot_groups(c, dbm.groups))(cats)
     observed = jr.bernoulli(getkey(), 0.5, (7, 6))
-    q, sol = eqx.filter_jit(jax.vmap(dbm))(values.astype(jnp.float32), observed)
+    q, report = eqx.filter_jit(jax.vmap(dbm))(values.astype(jnp.float32), observed)
     assert q.dtype == jnp.float32 and q.shape == (7, dbm.size)
-    assert bool(jnp.all(sol.result == jaxdeq.RESULTS.successful))
+    assert isinstance(report, jaxdeq.Report) and report.num_steps.shape == (7,)
+    assert bool(jnp.all(report.successful))
     sums = jnp.concatenate(
         [q[:, :15].reshape(7, 5, 3).sum(-1), q[:, 15:].sum(-1, keepdims=True)], axis=1
     )

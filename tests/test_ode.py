@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import jaxdeq
 import jaxdeq.ode as ode
 
 
@@ -126,8 +127,8 @@ def test_linear_ode_matches_expm(getkey):
     # rtol = atol = 1e-10 bounds each step's local error; over t1 - t0 = 1.5 with
     # ||A|| ~ 1 the global error stays within a small multiple of that.
     np.testing.assert_allclose(y1, jsl.expm(1.5 * a) @ y0, rtol=1e-8, atol=1e-9)
-    assert stats.result == dfx.RESULTS.successful
-    assert float(stats.t_final) == 2.0
+    assert stats.result == jaxdeq.RESULTS.successful
+    assert float(stats.extra["t_final"]) == 2.0
 
     ts = jnp.linspace(0.5, 2.0, 5)
     sol = block.solution(y0, saveat=dfx.SaveAt(ts=ts))
@@ -141,7 +142,7 @@ def test_float32_state_stays_float32(getkey):
     y1, stats = ode.NeuralODE(Linear(a))(jnp.ones(3, jnp.float32))
     assert y1.dtype == jnp.float32
     np.testing.assert_allclose(y1, jsl.expm(a) @ jnp.ones(3, jnp.float32), rtol=1e-2)
-    assert stats.t_final.dtype == jnp.float32
+    assert stats.extra["t_final"].dtype == jnp.float32
 
 
 #
@@ -179,12 +180,12 @@ def test_nfe_is_exact(solver, controller, dt0):
     block = ode.NeuralODE(field, solver=solver, stepsize_controller=controller, dt0=dt0)
     _, stats = eqx.filter_jit(block)(jnp.ones(3))
     jax.effects_barrier()
-    assert int(stats.nfe) == counter[0]
-    assert int(stats.num_steps) == int(stats.num_accepted_steps) + int(
-        stats.num_rejected_steps
+    assert int(stats.num_fn_evals) == counter[0]
+    assert int(stats.num_steps) == int(stats.extra["num_accepted_steps"]) + int(
+        stats.extra["num_rejected_steps"]
     )
     if dt0 == 1.0:
-        assert int(stats.num_rejected_steps) > 0
+        assert int(stats.extra["num_rejected_steps"]) > 0
 
 
 def test_nfe_steady_state_and_homoode(getkey):
@@ -200,16 +201,17 @@ def test_nfe_steady_state_and_homoode(getkey):
     )
     _, stats = eqx.filter_jit(block)(jnp.zeros(2))
     jax.effects_barrier()
-    assert stats.result == dfx.RESULTS.event_occurred
-    assert int(stats.num_rejected_steps) >= 0
-    assert int(stats.nfe) == counter[0]
+    assert stats.result == jaxdeq.RESULTS.successful
+    assert stats.extra["diffrax_result"] == dfx.RESULTS.event_occurred
+    assert int(stats.extra["num_rejected_steps"]) >= 0
+    assert int(stats.num_fn_evals) == counter[0]
 
     counter[0] = 0
     field = ode.ConcatField(3, 2, 6, depth=1, key=getkey())
     model = ode.HomoODE(Counted(field, counter), jnp.zeros(3))
     _, stats = eqx.filter_jit(model)(jnp.ones(2))
     jax.effects_barrier()
-    assert int(stats.nfe) == counter[0]
+    assert int(stats.num_fn_evals) == counter[0]
 
 
 @pytest.mark.parametrize(
@@ -228,8 +230,8 @@ def test_nfe_not_counted_is_minus_one(solver, controller):
         Decay(jnp.array(1.0)), solver=solver, stepsize_controller=controller
     )
     _, stats = block(jnp.ones(2))
-    assert int(stats.nfe) == -1
-    assert stats.result == dfx.RESULTS.successful
+    assert int(stats.num_fn_evals) == -1
+    assert stats.result == jaxdeq.RESULTS.successful
 
 
 #
@@ -258,7 +260,7 @@ def test_augment_vector_and_image_states(getkey):
     block = ode.NeuralODE(ChannelMix(jr.normal(getkey(), (5, 5))), augment=3)
     y1, stats = block(image)
     assert y1.shape == (5, 4, 4)
-    assert stats.result == dfx.RESULTS.successful
+    assert stats.result == jaxdeq.RESULTS.successful
     assert float(jnp.max(jnp.abs(y1[2:]))) > 0
 
 
@@ -310,10 +312,11 @@ def test_steady_state_reaches_target_and_implicit_gradients(getkey):
         stepsize_controller=TIGHT,
     )
     y_star, stats = block(jnp.zeros(3))
-    assert stats.result == dfx.RESULTS.event_occurred
+    assert stats.result == jaxdeq.RESULTS.successful
+    assert stats.extra["diffrax_result"] == dfx.RESULTS.event_occurred
     # The event fires at ||A (y - b)|| < 1e-10 (1 + ||y||), and A >= I.
     np.testing.assert_allclose(y_star, target, atol=1e-9)
-    assert math.isfinite(float(stats.t_final))
+    assert math.isfinite(float(stats.extra["t_final"]))
 
     weights = jr.normal(getkey(), (3,))
 
@@ -326,6 +329,21 @@ def test_steady_state_reaches_target_and_implicit_gradients(getkey):
 
 
 @pytest.mark.slow
+def test_steady_state_not_reached_before_t1_is_failure(getkey):
+    """A steady-state solve capped at a finite t1 that ends before the state stops
+    changing did not find a steady state: it must not report success."""
+    m = jr.normal(getkey(), (3, 3))
+    matrix = m @ m.T / 3 + jnp.eye(3)
+    field = Relax(matrix, jr.normal(getkey(), (3,)))
+    settings = dict(t1=0.1, steady_state=True, stepsize_controller=TIGHT)
+    _, report = ode.NeuralODE(field, **settings)(jnp.zeros(3))
+    assert report.result == jaxdeq.RESULTS.steady_state_not_reached
+    assert report.extra["diffrax_result"] == dfx.RESULTS.successful
+    raising = ode.NeuralODE(field, throw=True, **settings)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="steady state"):
+        jax.block_until_ready(raising(jnp.zeros(3)))
+
+
 def test_steady_state_of_a_nonlinear_field(getkey):
     """A contractive field y' = tanh(W y) + b - y: its steady state is a DEQ's fixed
     point; implicit and checkpointed gradients both match finite differences."""
@@ -441,7 +459,7 @@ def test_fitted_initial_point_cuts_evaluations(getkey):
     fitted = model.update_initial_point(z, momentum=1.0)
     _, after = jax.vmap(fitted)(x)
     # A shorter path lets the adaptive solver take fewer steps.
-    assert int(jnp.sum(after.nfe)) < int(jnp.sum(before.nfe))
+    assert int(jnp.sum(after.num_fn_evals)) < int(jnp.sum(before.num_fn_evals))
 
 
 #
@@ -480,7 +498,7 @@ def test_vmap_equals_loop(getkey):
         y1, stats_i = single(ys[i])
         np.testing.assert_allclose(batched[i], y1, rtol=1e-12, atol=1e-12)
         # Statistics are per sample: those of the sample solved alone.
-        assert int(stats.nfe[i]) == int(stats_i.nfe)
+        assert int(stats.num_fn_evals[i]) == int(stats_i.num_fn_evals)
         assert int(stats.num_steps[i]) == int(stats_i.num_steps)
 
 
@@ -493,7 +511,7 @@ def test_homoode_vmap_equals_loop(getkey):
     for i in range(3):
         z1, stats_i = single(xs[i])
         np.testing.assert_allclose(batched[i], z1, rtol=1e-12, atol=1e-12)
-        assert int(stats.nfe[i]) == int(stats_i.nfe)
+        assert int(stats.num_fn_evals[i]) == int(stats_i.num_fn_evals)
 
 
 #
@@ -570,7 +588,76 @@ def test_homoode_rejects_bad_initial_point(getkey):
     with pytest.raises(ValueError, match="HomoODE: `vector_field"):
         generic(jnp.ones(2))
     model = ode.HomoODE(field, jnp.zeros(3))
-    with pytest.raises(ValueError, match="`z0` must have the shape"):
+    with pytest.raises(ValueError, match="`y0` must have the shape"):
         model(jnp.ones(2), jnp.zeros(4))
     with pytest.raises(ValueError, match="input must have shape"):
         model(jnp.ones(3))
+
+
+#
+# Reports: failures per sample, throw, the steady-state residual, deprecations
+#
+
+
+def _failing_block(**kwargs):
+    # The zero state finishes in a few steps; the others need far more than 8.
+    return ode.NeuralODE(Decay(jnp.array(1.0)), stepsize_controller=TIGHT, **kwargs)
+
+
+def test_forced_failure_is_reported_per_sample_and_throw_raises():
+    ys = jnp.stack([jnp.zeros(2), jnp.ones(2), jnp.zeros(2)])
+    _, report = jax.vmap(_failing_block(max_steps=8))(ys)
+    assert isinstance(report, jaxdeq.Report)
+    np.testing.assert_array_equal(report.successful, [True, False, True])
+    failed = report.result == jaxdeq.RESULTS.max_steps_reached
+    np.testing.assert_array_equal(failed, [False, True, False])
+    np.testing.assert_array_equal(report.num_steps, [3, 8, 3])
+    # A fixed horizon has no residual.
+    assert bool(jnp.all(jnp.isnan(report.abs_residual)))
+    assert bool(jnp.all(jnp.isnan(report.rel_residual)))
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        jax.vmap(_failing_block(max_steps=8, throw=True))(ys)
+
+    def homoode(**kwargs):
+        field = Decay(jnp.array(1.0))
+        return ode.HomoODE(field, jnp.ones(2), stepsize_controller=TIGHT, **kwargs)
+
+    _, report = jax.vmap(lambda y: homoode(max_steps=8)(None, y))(ys)
+    np.testing.assert_array_equal(report.successful, [True, False, True])
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        homoode(max_steps=8, throw=True)(None)
+
+
+def test_steady_state_reports_its_residual(getkey):
+    matrix = jnp.array([[2.0, 0.5], [0.5, 1.0]])
+    block = ode.NeuralODE(
+        Relax(matrix, jnp.array([1.0, -1.0])),
+        t1=math.inf,
+        steady_state=True,
+        adjoint=dfx.ImplicitAdjoint(),
+        stepsize_controller=_PID,
+    )
+    y_star, report = block(jnp.zeros(2))
+    assert report.successful
+    norm = _PID.norm
+    residual = norm(Relax(matrix, jnp.array([1.0, -1.0]))(0.0, y_star, None))
+    np.testing.assert_allclose(report.abs_residual, residual, rtol=1e-6)
+    np.testing.assert_allclose(report.rel_residual, residual / norm(y_star), rtol=1e-6)
+    # The steady-state test holds at the returned value.
+    assert float(report.abs_residual) < _PID.atol + _PID.rtol * float(norm(y_star))
+
+
+def test_homoode_z0_keyword_is_deprecated(getkey):
+    model = ode.HomoODE(ode.ConcatField(3, 2, 6, key=getkey()), jnp.zeros(3))
+    x, start = jnp.ones(2), jnp.full(3, 0.5)
+    new, _ = model(x, y0=start)
+    with pytest.warns(DeprecationWarning, match="z0"):
+        old, _ = model(x, z0=start)
+    np.testing.assert_array_equal(new, old)
+    with pytest.warns(DeprecationWarning, match="z0"):
+        with pytest.raises(TypeError, match="only"):
+            model(x, start, z0=start)
+    with pytest.warns(DeprecationWarning, match="ODEStats"):
+        ode.ODEStats(
+            *(jnp.zeros((), jnp.int32),) * 4, jnp.zeros(()), dfx.RESULTS.successful
+        )

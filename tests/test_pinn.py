@@ -9,6 +9,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+import jaxdeq
 from jaxdeq import pinn
 
 
@@ -285,7 +286,10 @@ def test_fit_reaches_the_minimum_and_logs(getkey):
     np.testing.assert_allclose(h["half"], 0.5 * h["fit"])
     assert h["phase"][0] == 0 and h["phase"][-1] == 1
     assert seen[-1]["phase"] == "lbfgs" and len(seen) == len(h["step"])
-    assert out.message in ("max_steps", "converged", "stalled")
+    assert out.stop_reason in ("max_steps", "converged", "stalled")
+    # No target stated: the budget ran with a finite loss, which is success.
+    assert out.result == jaxdeq.RESULTS.successful
+    assert out.loss == pytest.approx(h["loss"][-1])
     assert out.num_steps == h["step"][-1]
 
 
@@ -310,6 +314,7 @@ def test_fit_non_finite_keeps_the_last_good_parameters(getkey):
         )
     kept = info.value.result.params["w"]
     assert jnp.isfinite(kept) and kept < 3.0
+    assert info.value.result.result == jaxdeq.RESULTS.nonfinite
     with pytest.raises(ValueError, match="must be >= 0"):
         pinn.fit(loss, params, lambda k, p: None, key=getkey(), adam_steps=-1)
     with pytest.raises(ValueError, match="log_every"):

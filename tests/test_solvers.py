@@ -11,13 +11,16 @@ import jaxdeq
 from .helpers import (
     affine,
     affine_solution,
+    bracketed_root_finders,
     contraction,
     cosine,
     DOTTIE,
     fixed_point_solvers,
+    monotone_problem,
     pytree_affine,
     pytree_zeros,
     root_finders,
+    splitting_solvers,
     tanh_args,
     tanh_cell,
 )
@@ -323,3 +326,35 @@ def test_solvers_are_optimistix_solvers():
     assert isinstance(jaxdeq.Broyden(rtol=1e-3, atol=1e-3), optx.AbstractRootFinder)
     solver = eqx.tree_at(lambda s: s.rtol, jaxdeq.Anderson(rtol=1e-3, atol=1e-3), 1e-4)
     assert solver.rtol == 1e-4
+
+
+@pytest.mark.parametrize("solver", splitting_solvers)
+def test_splitting_known_answer(solver, getkey):
+    problem = monotone_problem(getkey())
+    reference = jaxdeq.fixed_point(
+        problem, jaxdeq.Anderson(rtol=1e-13, atol=1e-14), jnp.zeros(6), max_steps=2000
+    ).value
+    sol = jaxdeq.monotone.solve(problem, solver, max_steps=5000, throw=False)
+    assert sol.result == jaxdeq.RESULTS.successful
+    # Residual 1e-10 at margin 0.5: error below ~1e-9.
+    np.testing.assert_allclose(sol.value, reference, atol=1e-8)
+    f_value = problem(sol.value, None)
+    exact = jnp.linalg.norm(f_value - sol.value)
+    assert exact <= solver.atol + solver.rtol * jnp.linalg.norm(f_value)
+    np.testing.assert_allclose(sol.stats["abs_residual"], exact, rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", bracketed_root_finders)
+def test_bracketed_root_finders(solver):
+    fn = lambda y, _: jnp.cos(y) - y  # noqa: E731
+    sol = optx.root_find(
+        fn, solver, jnp.array(0.2), options=dict(lower=0.0, upper=1.0), throw=False
+    )
+    assert sol.result == optx.RESULTS.successful
+    np.testing.assert_allclose(sol.value, DOTTIE, atol=1e-9)
+    np.testing.assert_allclose(sol.state.abs_residual, jnp.abs(fn(sol.value, None)))
+    # No sign change in the bracket: reported, not solved.
+    sol = optx.root_find(
+        fn, solver, jnp.array(1.5), options=dict(lower=1.0, upper=2.0), throw=False
+    )
+    assert sol.result != optx.RESULTS.successful

@@ -2,6 +2,10 @@ from .anderson import Anderson as Anderson
 from .bracketed_newton import BracketedNewton as BracketedNewton
 from .broyden import Broyden as Broyden
 from .homotopy import Homotopy as Homotopy, homotopy_path as homotopy_path
+from .min_steps import (
+    MinStepsFixedPoint as MinStepsFixedPoint,
+    MinStepsRootFinder as MinStepsRootFinder,
+)
 from .pseudo_transient import PseudoTransientNewton as PseudoTransientNewton
 from .splitting import (
     ForwardBackward as ForwardBackward,

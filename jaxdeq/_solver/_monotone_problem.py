@@ -149,7 +149,7 @@ class Transposed(AbstractMonotoneLinear):
         return self.operator.mv(z)
 
     def resolvent(self, alpha):
-        return _TransposedResolvent(self.operator.resolvent(alpha))
+        return _TransposedResolvent(self.operator.resolvent(alpha))  # pyright: ignore[reportCallIssue]
 
     def lipschitz(self):
         return self.operator.lipschitz()
@@ -158,7 +158,7 @@ class Transposed(AbstractMonotoneLinear):
         return self.operator.as_matrix().T
 
     def prepare(self):
-        return Transposed(self.operator.prepare())
+        return Transposed(self.operator.prepare())  # pyright: ignore[reportCallIssue]
 
 
 class MonotoneProblem(eqx.Module):

@@ -1,12 +1,14 @@
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    as_int,
     bookkeeping_dtype,
     check_growth_factor,
     check_positive_int,
@@ -14,6 +16,8 @@ from .._misc import (
     check_unit_interval,
     DIVERGENCE_RATIO,
     flatten,
+    iterate_diverged,
+    passes,
     real_dtype,
     record,
     relative,
@@ -62,6 +66,7 @@ class _AndersonState(AbstractReportingState):
     best_g: Float[Array, " n"]
     best_residual: Scalar
     first_residual: Scalar
+    initial_scale: Scalar
     abs_residual: Scalar
     rel_residual: Scalar
     converged: Bool[Array, ""]
@@ -86,9 +91,11 @@ class Anderson(optx.AbstractFixedPointSolver):
     $$\min_\alpha \Big\|\sum_i \alpha_i g_i\Big\|^2 + \lambda \bar{g}^2 \|\alpha\|^2
     \quad\text{s.t.}\quad \sum_i \alpha_i = 1$$
 
-    (with $\bar g^2$ the mean squared residual norm in the history, so the ridge is
-    scale free) as a bordered $(m + 1) \times (m + 1)$ linear system in at least
-    float32, and moves to $x^+ = \sum_i \alpha_i (x_i + \beta g_i)$.
+    (with $\bar g^2 = \|g_k\|^2$ the newest squared residual norm, so the ridge is
+    scale free and never outweighs a long history) as a bordered
+    $(m + 1) \times (m + 1)$ linear system in at least float32 (Jacobi-scaled, so
+    residuals of very different sizes are not mistaken for a singular history),
+    and moves to $x^+ = \sum_i \alpha_i (x_i + \beta g_i)$.
 
     Safeguards: if the mixing coefficients are non-finite or huge (an
     ill-conditioned history) the step falls back to a damped Picard step
@@ -96,10 +103,15 @@ class Anderson(optx.AbstractFixedPointSolver):
     `safeguard_factor` times the best residual seen, the solver returns to the best
     iterate, takes a damped Picard step from there and restarts the history.
 
-    The solver stops at the first iterate whose residual satisfies
-    $\|f(y) - y\| \le \mathrm{atol} + \mathrm{rtol}\,\|f(y)\|$, and returns that
-    iterate (not a further extrapolation), so the reported residual is exactly the
-    residual of the returned value. One function evaluation per step.
+    Success test: the returned $y$ satisfies $\|f(y) - y\| \le \mathrm{atol} +
+    \mathrm{rtol}\,\|f(y)\|$ in `norm` (`abs_residual` is $\|f(y) - y\|$,
+    `rel_residual` is $\|f(y) - y\| / \|f(y)\|$), with a residual below the first
+    one unless it also passes with $\|f(y)\|$ replaced by the initial scale
+    $s_0 = \|y_0\| + \|f(y_0)\|$, and the solve has not diverged (a residual $10^8$
+    times the first one, or an iterate $10^8$ times $s_0$). The solver returns the
+    last iterate it evaluated (never an untested extrapolation), also when it stops
+    at `max_steps`, so the report is exactly that of the returned value. One
+    function evaluation per step.
 
     The state is a single problem: for a batch of independent problems, `jax.vmap`
     the solve (as [`jaxdeq.DEQ`][] does), which gives each sample its own norm, its own
@@ -133,12 +145,12 @@ class Anderson(optx.AbstractFixedPointSolver):
     rtol: float
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.two_norm
-    memory: int = 5
+    memory: int = eqx.field(default=5, converter=as_int)
     ridge: float = 1e-4
     damping: float = 1.0
     safeguard_factor: float = 1e3
     safeguard_damping: float = 0.5
-    trace_size: int = 64
+    trace_size: int = eqx.field(default=64, converter=as_int)
 
     _name: ClassVar[str] = "Anderson"
 
@@ -168,7 +180,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         n = x.shape[0]
         m = self.memory
         inf = jnp.array(jnp.inf, real_dtype(dtype))
-        return _AndersonState(
+        return _AndersonState(  # pyright: ignore[reportCallIssue]
             iterates=jnp.zeros((m, n), dtype),
             residuals=jnp.zeros((m, n), dtype),
             gram=jnp.zeros((m, m), dtype),
@@ -178,6 +190,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             best_g=jnp.zeros_like(x),
             best_residual=inf,
             first_residual=inf,
+            initial_scale=inf,
             abs_residual=inf,
             rel_residual=inf,
             converged=jnp.array(False),
@@ -206,10 +219,16 @@ class Anderson(optx.AbstractFixedPointSolver):
         abs_residual = self.norm(g)
         f_norm = self.norm(f)
         rel_residual = relative(abs_residual, f_norm)
-        converged = abs_residual <= self.atol + self.rtol * f_norm
         first_residual = jnp.where(state.step == 0, abs_residual, state.first_residual)
+        x_norm = self.norm(x)
+        initial_scale = jnp.where(state.step == 0, x_norm + f_norm, state.initial_scale)
         nonfinite = jnp.invert(jnp.isfinite(abs_residual))
-        diverged = abs_residual > DIVERGENCE_RATIO * first_residual
+        diverged = (abs_residual > DIVERGENCE_RATIO * first_residual) | (
+            iterate_diverged(x_norm, initial_scale)
+        )
+        converged = passes(
+            abs_residual, f_norm, first_residual, initial_scale, self.rtol, self.atol
+        ) & jnp.invert(diverged)
 
         # Residual grew far beyond the best seen: go back to the best iterate.
         grew = abs_residual > self.safeguard_factor * state.best_residual
@@ -228,7 +247,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         gram = write_row(state.gram.T, index, row).T
         gram = write_row(gram, index, jnp.conj(row))
 
-        alpha, well_conditioned = self._mixing(gram, valid)
+        alpha, well_conditioned = self._mixing(gram, valid, index)
         mixed_x = alpha @ iterates
         mixed_g = alpha @ residuals
         anderson_x = mixed_x + self.damping * mixed_g
@@ -248,7 +267,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         new_y = jax.tree_util.tree_map(
             lambda a, b: jnp.where(converged, a, b), y, unflatten(new_x, y)
         )
-        new_state = _AndersonState(
+        new_state = _AndersonState(  # pyright: ignore[reportCallIssue]
             iterates=iterates,
             residuals=residuals,
             gram=gram,
@@ -258,6 +277,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             best_g=best_g,
             best_residual=best_residual,
             first_residual=first_residual,
+            initial_scale=initial_scale,
             abs_residual=abs_residual,
             rel_residual=rel_residual,
             converged=converged,
@@ -271,22 +291,33 @@ class Anderson(optx.AbstractFixedPointSolver):
         return new_y, new_state, aux
 
     def _mixing(
-        self, gram: Float[Array, "m m"], valid: Bool[Array, " m"]
+        self,
+        gram: Float[Array, "m m"],
+        valid: Bool[Array, " m"],
+        newest: Int[Array, ""],
     ) -> tuple[Float[Array, " m"], Bool[Array, ""]]:
+        # The constrained least squares min |G^T a|^2 + ridge |g_k|^2 |a|^2, sum(a) = 1
+        # (g_k the newest residual) has the solution a = H^-1 1 / (1^T H^-1 1) with H
+        # the Gram matrix plus the ridge. It is solved in Jacobi-scaled form,
+        # D^-1/2 H D^-1/2 with D = diag(Gram), so that residuals of very different
+        # sizes (the history of a converging solve) do not look like a singular
+        # system: only residuals that are genuinely (nearly) linearly dependent do.
+        # The ridge is relative to the newest residual, which bounds the least
+        # squares objective: it never outweighs the history, however long.
+        # Invalid slots get an identity row and a zero right-hand side, which forces
+        # their coefficient to zero.
         mask = valid[:, None] & valid[None, :]
         gram = jnp.where(mask, gram, 0)
-        count = jnp.sum(valid).astype(jnp.real(gram).dtype)
         diagonal = jnp.real(jnp.diagonal(gram))
-        scale = jnp.sum(jnp.where(valid, diagonal, 0)) / jnp.maximum(count, 1)
-        scale = jnp.where(scale > 0, scale, 1)
-        # The constrained least squares min |G^T a|^2 + ridge |a|^2, sum(a) = 1 has the
-        # solution a = H^-1 1 / (1^T H^-1 1) with H the Gram matrix plus the ridge,
-        # normalised by the mean squared residual so H is O(1) whatever the residual
-        # size. Invalid slots get an identity row and a zero right-hand side, which
-        # forces their coefficient to zero.
-        ridge = jnp.where(valid, self.ridge, 1.0).astype(gram.dtype)
-        h = gram / scale.astype(gram.dtype) + jnp.diag(ridge)
-        solution, min_pivot = _spd_solve(h, valid.astype(h.dtype))
+        diagonal = jnp.where(valid & (diagonal > 0), diagonal, 1)
+        newest_sq = jnp.sum(jnp.where(jnp.arange(self.memory) == newest, diagonal, 0))
+        inv_sqrt = (1 / jnp.sqrt(diagonal)).astype(gram.dtype)
+        scaled = gram * inv_sqrt[:, None] * inv_sqrt[None, :]
+        ridge = jnp.where(valid, self.ridge * newest_sq / diagonal, 1.0)
+        h = jnp.where(mask, scaled, 0) + jnp.diag(ridge.astype(gram.dtype))
+        rhs = jnp.where(valid, inv_sqrt, 0)
+        solution, min_pivot = _spd_solve(h, rhs)
+        solution = solution * inv_sqrt
         total = jnp.sum(solution)
         alpha = solution / jnp.where(total == 0, 1, total)
         eps = float(jnp.finfo(gram.dtype).eps)
@@ -322,6 +353,14 @@ class Anderson(optx.AbstractFixedPointSolver):
         result: optx.RESULTS,
     ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
         del fn, args, options, tags, result
+        # A solve that stops without converging (max_steps, divergence) returns the
+        # last iterate it measured, whose residual it reports, not the untested
+        # extrapolation after it; `aux` is that iterate's too. No extra evaluation.
+        measured = state.iterates[(state.index - 1) % self.memory]
+        keep = state.converged | (state.step == 0)
+        y = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(keep, a, b), y, unflatten(measured, y)
+        )
         return y, aux, {}
 
 

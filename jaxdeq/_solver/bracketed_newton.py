@@ -1,12 +1,14 @@
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._misc import (
+    as_int,
     check_positive_int,
     check_tolerances,
     record,
@@ -59,14 +61,17 @@ class BracketedNewton(optx.AbstractRootFinder):
     The bracket is passed like [`optimistix.Bisection`][]'s:
     `options=dict(lower=..., upper=...)`. $f$ must change sign between them;
     otherwise the solve fails with `optimistix.RESULTS.nonlinear_divergence`.
-    It stops when the step or the bracket is at most `atol` $+$ `rtol` $|y|$, or
-    when $f(y) = 0$.
+    Success test: the returned $y$ has $f(y) = 0$, or the step that produced it or
+    the bracket around it is at most $\mathrm{atol} + \mathrm{rtol}\,|y|$
+    (`abs_residual` is $|f(y)|$ and `rel_residual` is $|f(y)| / (|f(\ell_0)| +
+    |f(u_0)|)$, relative to $f$ at the initial bracket), and the initial bracket
+    held a sign change. The solver returns the iterate it last evaluated.
     """
 
     rtol: float
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.max_norm
-    trace_size: int = 64
+    trace_size: int = eqx.field(default=64, converter=as_int)
 
     _name: ClassVar[str] = "BracketedNewton"
 
@@ -112,7 +117,7 @@ class BracketedNewton(optx.AbstractRootFinder):
         abs_residual = jnp.abs(f)
         scale = jnp.abs(f_lower) + jnp.abs(f_upper)
         rel_residual = relative(abs_residual, scale)
-        return _BracketedNewtonState(
+        return _BracketedNewtonState(  # pyright: ignore[reportCallIssue]
             lower=lower,
             upper=upper,
             f=f,
@@ -158,7 +163,7 @@ class BracketedNewton(optx.AbstractRootFinder):
         width = hi - lo
         tol = self.atol + self.rtol * jnp.abs(new_y)
         abs_residual = jnp.abs(f)
-        new_state = _BracketedNewtonState(
+        new_state = _BracketedNewtonState(  # pyright: ignore[reportCallIssue]
             lower=lower,
             upper=upper,
             f=f,

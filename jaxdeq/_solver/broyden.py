@@ -1,6 +1,7 @@
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -8,12 +9,15 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    as_int,
     bookkeeping_dtype,
     check_growth_factor,
     check_positive_int,
     check_tolerances,
     DIVERGENCE_RATIO,
     flatten,
+    iterate_diverged,
+    passes,
     real_dtype,
     record,
     relative,
@@ -33,6 +37,7 @@ class _BroydenState(AbstractReportingState):
     valid: Bool[Array, " memory"]
     index: Int[Array, ""]
     first_residual: Scalar
+    initial_scale: Scalar
     abs_residual: Scalar
     rel_residual: Scalar
     converged: Bool[Array, ""]
@@ -84,11 +89,18 @@ class Broyden(optx.AbstractRootFinder):
     is plain fixed-point iteration and the first step is a Picard step. (If the first
     step reveals a Jacobian of the opposite sign, $\Delta y^\top \Delta g > 0$, as in
     root finds of increasing functions, $-I$ is replaced by the secant scaling
-    $(\Delta y^\top \Delta g / \Delta g^\top \Delta g) I$.) It stops when
-    $\|g(y)\| \le \mathrm{atol} + \mathrm{rtol}\,\|y + g(y)\|$, i.e. for fixed points
-    $\|f(y) - y\| \le \mathrm{atol} + \mathrm{rtol}\,\|f(y)\|$, and returns the iterate
-    that passed the test. The initial residual costs one function evaluation in
-    `init`; each step costs one more, plus one per backtrack.
+    $(\Delta y^\top \Delta g / \Delta g^\top \Delta g) I$.)
+
+    Success test: the returned $y$ satisfies $\|g(y)\| \le \mathrm{atol} +
+    \mathrm{rtol}\,\|y + g(y)\|$ in `norm` (for fixed points, $\|f(y) - y\| \le
+    \mathrm{atol} + \mathrm{rtol}\,\|f(y)\|$; `abs_residual` is $\|g(y)\|$,
+    `rel_residual` is $\|g(y)\| / \|y + g(y)\|$), with a residual below the first
+    one unless it also passes with $\|y + g(y)\|$ replaced by the initial scale
+    $s_0 = \|y_0\| + \|y_0 + g(y_0)\|$, and the solve has not diverged (a residual
+    $10^8$ times the first one, or an iterate $10^8$ times $s_0$). The solver returns
+    the iterate it last evaluated, whose residual it reports. The initial residual
+    costs one function evaluation in `init`; each step costs one more, plus one per
+    backtrack.
 
     For a batch of independent problems, `jax.vmap` the solve.
 
@@ -117,11 +129,11 @@ class Broyden(optx.AbstractRootFinder):
     rtol: float
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.two_norm
-    memory: int = 20
+    memory: int = eqx.field(default=20, converter=as_int)
     line_search: bool = False
-    max_backtracks: int = 8
+    max_backtracks: int = eqx.field(default=8, converter=as_int)
     safeguard_factor: float = 1e2
-    trace_size: int = 64
+    trace_size: int = eqx.field(default=64, converter=as_int)
 
     _name: ClassVar[str] = "Broyden"
 
@@ -163,7 +175,7 @@ class Broyden(optx.AbstractRootFinder):
         n = x.shape[0]
         scale = self.norm(x + g)
         rel_residual = relative(abs_residual, scale)
-        return _BroydenState(
+        return _BroydenState(  # pyright: ignore[reportCallIssue]
             g=g,
             aux=aux,
             h0=jnp.array(-1.0, real_dtype(dtype)),
@@ -172,6 +184,7 @@ class Broyden(optx.AbstractRootFinder):
             valid=jnp.zeros((self.memory,), bool),
             index=jnp.array(0),
             first_residual=abs_residual,
+            initial_scale=self.norm(x) + scale,
             abs_residual=abs_residual,
             rel_residual=rel_residual,
             converged=abs_residual <= self.atol + self.rtol * scale,
@@ -272,8 +285,18 @@ class Broyden(optx.AbstractRootFinder):
         scale = self.norm(new_x + new_g)
         rel_residual = relative(new_norm, scale)
         nonfinite = jnp.invert(jnp.isfinite(new_norm))
-        diverged = new_norm > DIVERGENCE_RATIO * state.first_residual
-        new_state = _BroydenState(
+        diverged = (new_norm > DIVERGENCE_RATIO * state.first_residual) | (
+            iterate_diverged(self.norm(new_x), state.initial_scale)
+        )
+        converged = passes(
+            new_norm,
+            scale,
+            state.first_residual,
+            state.initial_scale,
+            self.rtol,
+            self.atol,
+        ) & jnp.invert(diverged)
+        new_state = _BroydenState(  # pyright: ignore[reportCallIssue]
             g=new_g,
             aux=aux,
             h0=h0,
@@ -282,9 +305,10 @@ class Broyden(optx.AbstractRootFinder):
             valid=valid,
             index=index,
             first_residual=state.first_residual,
+            initial_scale=state.initial_scale,
             abs_residual=new_norm,
             rel_residual=rel_residual,
-            converged=new_norm <= self.atol + self.rtol * scale,
+            converged=converged,
             diverged=diverged,
             nonfinite=nonfinite,
             step=state.step + 1,

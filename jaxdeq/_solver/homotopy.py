@@ -32,6 +32,12 @@ _KINDS = ("fixed_point", "newton")
 _CONTRACTION = 0.5
 _MAX_CORRECTION = 0.25
 _MIN_COS_TURN = 0.8
+# Run-away detection: a path whose ||z|| reaches a new maximum at every one of
+# _RUNAWAY_STEPS accepted steps in a row while λ recedes, or while λ(||z||) flattens
+# so fast that even followed to ||z|| = ∞ it would not reach λ = 1 + _RUNAWAY_MARGIN,
+# goes to infinity before λ = 1.
+_RUNAWAY_STEPS = 6
+_RUNAWAY_MARGIN = 0.02
 
 
 def _check_kind(name: str, kind: str) -> None:
@@ -62,6 +68,34 @@ def _homotopy(kind: str, g: Callable, z0: Array, g0: Array) -> Callable:
 
 def _unit(v: Array) -> Array:
     return v / jnp.sqrt(jnp.sum(jnp.abs(v) ** 2)).astype(v.dtype)
+
+
+def _size(v: Array) -> Array:
+    return jnp.sqrt(jnp.sum(jnp.abs(v) ** 2))
+
+
+def _runaway(lam0, lam1, r0, r1, r_max, slope_prev, r_prev):
+    """Whether one accepted step from (λ0, r0 = ||z0||) to (λ1, r1) looks like a path
+    that runs off to infinity before λ = 1, and the slope dλ/dr and radius r of this
+    step for the next call.
+
+    ||z|| must reach a new maximum, and either λ recedes, or λ(r) flattens like
+    r^(-p) with p > 1 (fitted on this step and the last), whose limit at r = ∞ lies
+    below λ = 1 + margin. A path that reaches λ = 1 at finite ||z|| (λ(r) linear or
+    steepening, or a bounded path) never qualifies for long.
+    """
+    growing = (r1 > r_max) & (r1 > r0)
+    slope = (lam1 - lam0) / jnp.where(r1 > r0, r1 - r0, 1)
+    r_mid = 0.5 * (r0 + r1)
+    lam_mid = 0.5 * (lam0 + lam1)
+    ok = growing & (slope > 0) & (slope_prev > 0) & (r_prev > 0) & (r_mid > r_prev)
+    safe = lambda v: jnp.where(ok, v, 1)
+    p = -jnp.log(safe(slope) / safe(slope_prev)) / jnp.log(safe(r_mid) / safe(r_prev))
+    tail = slope * r_mid / jnp.where(ok & (p > 1), p - 1, 1)
+    flattening = ok & (p > 1) & (lam_mid + tail < 1 + _RUNAWAY_MARGIN)
+    receding = growing & (lam1 <= lam0)
+    slope = jnp.where(growing, slope, 0)
+    return receding | flattening, slope, jnp.where(growing, r_mid, 0)
 
 
 class _Path(eqx.Module):
@@ -166,6 +200,10 @@ class _HomotopyState(AbstractReportingState):
     num_corrector_failures: Int[Array, ""]
     num_fn_evals: Int[Array, ""]
     num_linear_solves: Int[Array, ""]
+    radius_max: Scalar
+    runaway_slope: Scalar
+    runaway_radius: Scalar
+    runaway_steps: Int[Array, ""]
     abs_residual: Scalar
     rel_residual: Scalar
     converged: Bool[Array, ""]
@@ -190,11 +228,11 @@ class Homotopy(optx.AbstractRootFinder):
     For a root $g(z) = 0$ started from $z_0$ (a fixed point $z = f(z)$ is the root of
     $g = f - \mathrm{id}$, which is what `optimistix.fixed_point` passes):
 
+    - Newton homotopy (`kind="newton"`, the default):
+        $H(z, \lambda) = g(z) - (1 - \lambda) g(z_0)$. With $\lambda = 1 - e^{-t}$
+        its path is the continuous Newton flow, $g(z(t)) = e^{-t} g(z_0)$;
     - fixed-point homotopy (`kind="fixed_point"`):
-        $H(z, \lambda) = z - \lambda f(z) - (1 - \lambda) z_0$;
-    - Newton homotopy (`kind="newton"`): $H(z, \lambda) = g(z) - (1 - \lambda) g(z_0)$.
-        With $\lambda = 1 - e^{-t}$ its path is the continuous Newton flow,
-        $g(z(t)) = e^{-t} g(z_0)$.
+        $H(z, \lambda) = z - \lambda f(z) - (1 - \lambda) z_0$.
 
     Each solver step is a predictor–corrector step along the zero curve of $H$ in
     $(z, \lambda)$:
@@ -218,18 +256,32 @@ class Homotopy(optx.AbstractRootFinder):
 
     Every linear system is the bordered one $[\partial_z H, \partial_\lambda H;
     r^\top]$, which stays regular at turning points. The parameter is measured in
-    units of $\|g(z_0)\|$ so that arclength steps weigh $z$ and $\lambda$ alike. When
+    units of the initial speed $\|dz/d\lambda\|$ ($\|g(z_0)\|$ for the fixed-point
+    homotopy, the length of the Newton step for the Newton homotopy) so that arclength
+    steps weigh $z$ and $\lambda$ alike. When
     the curve crosses $\lambda = 1$ the crossing point is interpolated and Newton
     steps on $g$ run until $\|g(z)\| \le \text{atol} + \text{rtol}\,\|z\|$; if they
     cannot converge from there, the solver goes back before the crossing and
     approaches again with shorter steps. A step
-    below `min_step` means the curve could not be followed: the solve stops with
-    `RESULTS.nonlinear_divergence`.
+    below `min_step` means the curve could not be followed, and a curve that runs off
+    to infinity before $\lambda = 1$ ($\|z\|$ reaching a new maximum at each of six
+    accepted steps in a row while $\lambda$ recedes, or while $\lambda(\|z\|)$
+    flattens so fast that it would not pass $\lambda = 1$ even at $\|z\| = \infty$)
+    has no root at its end: both stop the solve with `RESULTS.nonlinear_divergence`.
 
-    For a map into a bounded set (a DEQ cell of $\tanh$ units, say) the fixed-point
-    homotopy's curve from almost every $z_0$ reaches $\lambda = 1$ (Chow, Mallet-Paret
-    & Yorke); this is why it arrives from starts where Newton, Broyden and Anderson do
-    not. For general root problems use `kind="newton"`.
+    **Which homotopy.** The default, the Newton homotopy, is the one that is sound
+    for root problems: on a root problem with a nonsingular Jacobian along the way it
+    is the continuous Newton flow, which does not run off to infinity while a root
+    lies ahead. The fixed-point homotopy is sound only for a fixed-point problem of a
+    map into a bounded set (a DEQ cell of $\tanh$ units, say): then its curve from
+    almost every $z_0$ reaches $\lambda = 1$ (Chow, Mallet-Paret & Yorke), which is
+    why it arrives from starts where Newton, Broyden and Anderson do not; on a root
+    problem $g$ it follows the map $g + \mathrm{id}$, which is rarely bounded (for
+    $\arctan(z) - a$ its curve goes to infinity). The solver cannot choose for you:
+    `optimistix.fixed_point` (and so `jaxdeq.fixed_point`) hands a root finder the
+    function $f(y) - y$, closure-converted, which is indistinguishable from a root
+    problem. So ask for `kind="fixed_point"` yourself when `fn` is a bounded map;
+    [`jaxdeq.homotopy_path`][], which is told the problem, picks it by itself.
 
     Linear solves go through lineax on
     [`lineax.JacobianLinearOperator`][]: the default materialises the Jacobian
@@ -240,7 +292,9 @@ class Homotopy(optx.AbstractRootFinder):
     The solver state (`sol.state`) reports `path_length` (the arc length of the
     accepted path in the norm), `num_accepted` steps, `num_corrector_failures`
     (rejected steps), `num_fn_evals` (evaluations of $g$ outside Jacobian products),
-    `num_linear_solves` (each needs one Jacobian), the residual `trace` and, with
+    `num_linear_solves` (each needs one Jacobian), `abs_residual` $\|g(z)\|$ and
+    `rel_residual` $\|g(z)\| / \|z\|$ of exactly the value returned, the residual
+    `trace` and, with
     `path_size > 0`, the first `path_size` accepted points (`path_lam`, `path_z`,
     flattened states).
 
@@ -269,9 +323,7 @@ class Homotopy(optx.AbstractRootFinder):
     rtol: float
     atol: float
     norm: Callable[[PyTree], Scalar] = optx.two_norm
-    kind: Literal["fixed_point", "newton"] = eqx.field(
-        static=True, default="fixed_point"
-    )
+    kind: Literal["fixed_point", "newton"] = eqx.field(static=True, default="newton")
     parametrisation: Literal["arclength", "lambda"] = eqx.field(
         static=True, default="arclength"
     )
@@ -289,6 +341,13 @@ class Homotopy(optx.AbstractRootFinder):
     _name: ClassVar[str] = "Homotopy"
 
     def __check_init__(self):
+        for label in ("rtol", "atol"):
+            value = getattr(self, label)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ValueError(
+                    f"Homotopy: `{label}` must be finite, got {value!r}. Pass e.g. "
+                    f"`{label}=1e-6`."
+                )
         check_tolerances(self._name, self.rtol, self.atol)
         check_positive_int(self._name, "corrector_steps", self.corrector_steps)
         check_positive_int(self._name, "trace_size", self.trace_size)
@@ -340,19 +399,33 @@ class Homotopy(optx.AbstractRootFinder):
         z0 = flatten(y, dtype)
         g0 = flatten(fn(y, args)[0], dtype)
         abs_residual = self.norm(g0)
-        g0_size = jnp.sqrt(jnp.sum(jnp.abs(g0) ** 2)).astype(rdtype)
-        if self._arclength(dtype):
-            scale = jnp.maximum(g0_size, jnp.finfo(rdtype).tiny)
-        else:
-            scale = jnp.array(1.0, rdtype)
         path_y = jnp.concatenate([z0, jnp.zeros((1,), dtype)])
         e_mu = jnp.zeros_like(path_y).at[-1].set(1)
         if self._arclength(dtype):
-            # The unit tangent at the start, oriented towards λ > 0.
-            path = self._path(fn, y, args, z0, g0, scale)
-            tangent = _unit(path.direction(path_y, e_mu))
+            # λ is measured in units of the initial speed ||dz/dλ||: g(z0) for the
+            # fixed-point homotopy (∂H/∂z = I at λ = 0), the Newton step -J⁻¹g(z0)
+            # for the Newton homotopy.
+            one = jnp.array(1.0, rdtype)
+            speed = self._path(fn, y, args, z0, g0, one).direction(path_y, e_mu)
+            if self.kind == "fixed_point":
+                speed_size = _size(g0).astype(rdtype)
+            else:
+                speed_size = _size(speed[:-1]).astype(rdtype)
+                # A singular Jacobian at z0: fall back to the size of g(z0).
+                speed_size = jnp.where(
+                    jnp.isfinite(speed_size) & (speed_size > 0),
+                    speed_size,
+                    _size(g0).astype(rdtype),
+                )
+            scale = jnp.maximum(speed_size, jnp.finfo(rdtype).tiny)
+            # The unit tangent at the start, (dz/dμ, 1) normalised: towards λ > 0.
+            tangent = jnp.concatenate(
+                [speed[:-1] / scale.astype(dtype), jnp.ones((1,), dtype)]
+            )
+            tangent = _unit(jnp.where(jnp.isfinite(tangent), tangent, e_mu))
             solves = 1
         else:
+            scale = jnp.array(1.0, rdtype)
             tangent, solves = e_mu, 0
         rel = relative(abs_residual, self.norm(z0))
         return _HomotopyState(
@@ -369,6 +442,10 @@ class Homotopy(optx.AbstractRootFinder):
             num_corrector_failures=jnp.array(0),
             num_fn_evals=jnp.array(1),
             num_linear_solves=jnp.array(solves),
+            radius_max=_size(z0).astype(rdtype),
+            runaway_slope=jnp.array(0.0, rdtype),
+            runaway_radius=jnp.array(0.0, rdtype),
+            runaway_steps=jnp.array(0),
             abs_residual=abs_residual,
             rel_residual=rel,
             converged=abs_residual <= self.atol + self.rtol * self.norm(z0),
@@ -383,8 +460,6 @@ class Homotopy(optx.AbstractRootFinder):
     def step(self, fn, y, args, options, state, tags):
         del options, tags
         arclength = self._arclength(state.z0.dtype)
-        # The auxiliary output at the current point (removed by XLA when unused).
-        _, aux = fn(y, args)
         path = self._path(fn, y, args, state.z0, state.g0, state.scale)
         y_now = state.path_y
         z_now = y_now[:-1]
@@ -471,6 +546,7 @@ class Homotopy(optx.AbstractRootFinder):
             accept = accept & (cos_turn >= _MIN_COS_TURN)
         else:
             tangent = r
+            cos_turn = None
         accept = accept & on_path
         rejected = on_path & jnp.invert(accept)
 
@@ -508,6 +584,7 @@ class Homotopy(optx.AbstractRootFinder):
             factor = jnp.clip(factor, 0.2, self.growth)
         if arclength:
             # And from the turn of the tangent: aim at half the largest turn allowed.
+            assert cos_turn is not None
             turn = jnp.arccos(cos_turn)
             aim = 0.5 * math.acos(_MIN_COS_TURN)
             factor = jnp.minimum(
@@ -520,28 +597,38 @@ class Homotopy(optx.AbstractRootFinder):
         )
         new_size = jnp.where(retreat, 0.25 * state.step_size, new_size)
 
-        # g at the new point from H = ±g at λ = 1; elsewhere from H and λ.
+        # The residual of exactly the value returned (and its auxiliary output): one
+        # evaluation of g at the new point.
         new_z = new_y[:-1]
-        lam_c = (jnp.real(corrected[-1]) / state.scale).astype(state.z0.dtype)
         z0, g0 = state.z0, state.g0
-        if self.kind == "fixed_point":
-            safe = jnp.where(jnp.real(lam_c) > 0, lam_c, 1)
-            g_corr = ((1 - lam_c) * (corrected[:-1] - z0) - h_corr) / safe
-        else:
-            g_corr = h_corr + (1 - lam_c) * g0
-        abs_residual = jnp.where(
-            state.at_end,
-            self.norm(g_corr),
-            jnp.where(accept, self.norm(g_corr), state.abs_residual),
-        )
+        g_new, aux = fn(unflatten(new_z, y), args)
+        abs_residual = self.norm(flatten(g_new, z0.dtype))
         z_norm = self.norm(new_z)
-        converged = state.at_end & (abs_residual <= self.atol + self.rtol * z_norm)
+        converged = at_end & (abs_residual <= self.atol + self.rtol * z_norm)
         stalled = (on_path | retreat) & (new_size < self.min_step)
         accepted = accept & on_path
+        # A path running off to infinity before λ = 1 is reported within
+        # _RUNAWAY_STEPS accepted steps, not after max_steps.
+        radius_now, radius_new = _size(z_now), _size(corrected[:-1])
+        away, slope, radius = _runaway(
+            mu_now / state.scale,
+            mu_new / state.scale,
+            radius_now,
+            radius_new,
+            state.radius_max,
+            state.runaway_slope,
+            state.runaway_radius,
+        )
+        counted = accepted & jnp.invert(crossed)
+        runaway_steps = jnp.where(
+            counted, jnp.where(away, state.runaway_steps + 1, 0), state.runaway_steps
+        )
+        runaway = runaway_steps >= _RUNAWAY_STEPS
         slot = jnp.where(accepted, state.num_accepted, self.path_size)
         stages = jnp.where(on_path, _predictor_evals(self.predictor), 0)
         # Each stage and each Newton step is one bordered solve (one Jacobian); g is
-        # evaluated once for H at the prediction and once per Newton step.
+        # evaluated once for H at the prediction, once per Newton step and once at
+        # the returned point.
         rel = relative(abs_residual, z_norm)
         new_state = _HomotopyState(
             path_y=new_y,
@@ -557,12 +644,20 @@ class Homotopy(optx.AbstractRootFinder):
             num_accepted=state.num_accepted + accepted.astype(int),
             num_corrector_failures=state.num_corrector_failures
             + (rejected | retreat).astype(int),
-            num_fn_evals=state.num_fn_evals + 1 + num_newton,
+            num_fn_evals=state.num_fn_evals + 2 + num_newton,
             num_linear_solves=state.num_linear_solves + stages + num_solves,
+            radius_max=jnp.where(
+                accepted,
+                jnp.maximum(state.radius_max, radius_new),
+                state.radius_max,
+            ),
+            runaway_slope=jnp.where(counted, slope, state.runaway_slope),
+            runaway_radius=jnp.where(counted, radius, state.runaway_radius),
+            runaway_steps=runaway_steps,
             abs_residual=abs_residual,
             rel_residual=rel,
             converged=converged,
-            diverged=stalled,
+            diverged=stalled | runaway,
             nonfinite=jnp.invert(jnp.isfinite(abs_residual)),
             step=state.step + 1,
             trace=record(state.trace, state.step, rel),
@@ -583,16 +678,18 @@ class Homotopy(optx.AbstractRootFinder):
 Homotopy.__init__.__doc__ = r"""**Arguments:**
 
 - `rtol`, `atol`: stop at $\lambda = 1$ once
-    $\|g(z)\| \le \text{atol} + \text{rtol}\,\|z\|$.
+    $\|g(z)\| \le \text{atol} + \text{rtol}\,\|z\|$ (finite, not both zero).
 - `norm`: the norm of the tolerances and of the path length (default two-norm).
-- `kind`: `"fixed_point"` (default) or `"newton"`, see above.
+- `kind`: `"newton"` (default) or `"fixed_point"` (only for fixed-point problems of
+    maps into a bounded set), see above.
 - `predictor`: an explicit diffrax Runge–Kutta solver taking one step of the
     Davidenko ODE per solver step (default `diffrax.Tsit5()`; `diffrax.Heun()` or
     `diffrax.Euler()` are cheaper per step and need smaller steps).
 - `parametrisation`: `"arclength"` (default) or `"lambda"`, see above.
 - `initial_step`, `min_step`, `max_step`: the first step, the step below which the
     curve counts as lost, and the largest step; in units of $\lambda$ for
-    `"lambda"`, of $\|g(z_0)\|$ along the curve for `"arclength"`;
+    `"lambda"`, of the initial speed $\|dz/d\lambda\|$ along the curve for
+    `"arclength"`;
     $0 < \text{min} \le \text{initial} \le \text{max} \le 1$.
 - `growth`: the largest factor by which the step grows after an accepted step
     (default 2).
@@ -613,7 +710,7 @@ def homotopy_path(
     lambdas: Float[ArrayLike, " k"],
     args: PyTree[Any] = None,
     *,
-    kind: Literal["fixed_point", "newton"] = "fixed_point",
+    kind: Literal["fixed_point", "newton"] | None = None,
     problem: Literal["root", "fixed_point"] = "root",
     solver: diffrax.AbstractSolver = diffrax.Tsit5(),
     rtol: float = 1e-8,
@@ -636,6 +733,8 @@ def homotopy_path(
     - `lambdas`: increasing values in $[0, 1]$ at which to report $z$.
     - `args`: passed to `fn`.
     - `kind`: `"fixed_point"` or `"newton"` homotopy (see [`jaxdeq.Homotopy`][]).
+        Default: the fixed-point homotopy for `problem="fixed_point"`, the Newton
+        homotopy for `problem="root"`.
     - `problem`: whether `fn` is a root function or a fixed-point map.
     - `solver`, `rtol`, `atol`: the diffrax solver and the tolerances of its
         `diffrax.PIDController`.
@@ -652,12 +751,14 @@ def homotopy_path(
     within $[0, 1]$. At run time, a Jacobian that turns singular on the path (a turning
     point) gives non-finite values.
     """
-    _check_kind("homotopy_path", kind)
     if problem not in ("root", "fixed_point"):
         raise ValueError(
             "homotopy_path: `problem` must be 'root' or 'fixed_point', got "
             f"{problem!r}."
         )
+    if kind is None:
+        kind = "fixed_point" if problem == "fixed_point" else "newton"
+    _check_kind("homotopy_path", kind)
     lambdas_np = jnp.asarray(lambdas)
     if lambdas_np.ndim != 1 or lambdas_np.size == 0:
         raise ValueError("homotopy_path: `lambdas` must be a non-empty 1-D array.")

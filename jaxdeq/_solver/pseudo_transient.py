@@ -1,6 +1,7 @@
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -8,10 +9,13 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Int, PyTree, Scalar
 
 from .._misc import (
+    as_int,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
     DIVERGENCE_RATIO,
+    flatten,
+    iterate_diverged,
     real_dtype,
     record,
     relative,
@@ -24,6 +28,7 @@ class _PseudoTransientState(AbstractReportingState):
     f: PyTree[Array]
     aux: Any
     first_residual: Scalar
+    initial_scale: Scalar
     abs_residual: Scalar
     rel_residual: Scalar
     step_size: Scalar
@@ -60,11 +65,15 @@ class PseudoTransientNewton(optx.AbstractRootFinder):
     solver decides how it is materialised (all of it for [`lineax.LU`][], $3J$
     products for [`jaxdeq.BlockTridiagonal`][]).
 
-    It stops when the update is small, $\|y_{n+1} - y_n\| \le$ `atol` $+$ `rtol`
-    $\|y_{n+1}\|$, and reports the residual $\|f(y)\|$ in its state. A residual
-    more than $10^8$ times the first one is declared divergent; a step that would
-    produce NaN or Inf is not taken, and the solve stops at the last finite
-    iterate with `optimistix.RESULTS.nonfinite`.
+    Success test: the last update to the returned $y$ satisfies
+    $\|y_{n+1} - y_n\| \le \mathrm{atol} + \mathrm{rtol}\,\|y_{n+1}\|$ in `norm` (a
+    Newton step test, as in Achdou et al.; `abs_residual` is $\|f(y)\|$ and
+    `rel_residual` is $\|f(y)\| / \|y + f(y)\|$ of the returned $y$, which for a
+    fixed point is $\|f(y) - y\| / \|f(y)\|$), and the solve has not diverged (a
+    residual $10^8$ times the first one, or an iterate $10^8$ times the initial scale
+    $\|y_0\| + \|y_0 + f(y_0)\|$). A step that would produce NaN or Inf is not
+    taken, and the solve stops at the last finite iterate with
+    `optimistix.RESULTS.nonfinite`.
     """
 
     rtol: float
@@ -72,7 +81,7 @@ class PseudoTransientNewton(optx.AbstractRootFinder):
     delta: float = 1000.0
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     linear_solver: lx.AbstractLinearSolver = lx.AutoLinearSolver(well_posed=True)
-    trace_size: int = 64
+    trace_size: int = eqx.field(default=64, converter=as_int)
 
     _name: ClassVar[str] = "PseudoTransientNewton"
 
@@ -111,11 +120,13 @@ class PseudoTransientNewton(optx.AbstractRootFinder):
         dtype = bookkeeping_dtype((y, f_struct))
         f, abs_residual, aux = self._evaluate(fn, y, args, dtype)
         rdtype = real_dtype(dtype)
-        rel_residual = relative(abs_residual, self.norm(y))
-        return _PseudoTransientState(
+        x, g = flatten(y, dtype), flatten(f, dtype)
+        rel_residual = relative(abs_residual, self.norm(x + g))
+        return _PseudoTransientState(  # pyright: ignore[reportCallIssue]
             f=f,
             aux=aux,
             first_residual=abs_residual,
+            initial_scale=(self.norm(x) + self.norm(x + g)).astype(rdtype),
             abs_residual=abs_residual,
             rel_residual=rel_residual,
             step_size=jnp.array(jnp.inf, rdtype),
@@ -166,18 +177,24 @@ class PseudoTransientNewton(optx.AbstractRootFinder):
         aux = jax.tree.map(keep, state.aux, aux)
         abs_residual = keep(state.abs_residual, abs_residual)
         y_norm = self.norm(new_y)
-        rel_residual = relative(abs_residual, y_norm)
-        diverged = abs_residual > DIVERGENCE_RATIO * jnp.maximum(
-            state.first_residual, jnp.finfo(real_dtype(dtype)).tiny
+        rel_residual = relative(
+            abs_residual, self.norm(flatten(new_y, dtype) + flatten(f, dtype))
         )
-        new_state = _PseudoTransientState(
+        diverged = (
+            abs_residual
+            > DIVERGENCE_RATIO
+            * jnp.maximum(state.first_residual, jnp.finfo(real_dtype(dtype)).tiny)
+        ) | iterate_diverged(y_norm, state.initial_scale)
+        new_state = _PseudoTransientState(  # pyright: ignore[reportCallIssue]
             f=f,
             aux=aux,
             first_residual=state.first_residual,
+            initial_scale=state.initial_scale,
             abs_residual=abs_residual,
             rel_residual=rel_residual,
             step_size=step_size,
-            converged=step_size <= self.atol + self.rtol * y_norm,
+            converged=(step_size <= self.atol + self.rtol * y_norm)
+            & jnp.invert(diverged),
             diverged=diverged & jnp.invert(nonfinite),
             nonfinite=nonfinite,
             step=state.step + 1,

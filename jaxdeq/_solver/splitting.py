@@ -10,11 +10,14 @@ from equinox.internal import ω
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    as_int,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
     check_unit_interval,
     DIVERGENCE_RATIO,
+    iterate_diverged,
+    passes,
     real_dtype,
     record,
     relative,
@@ -39,10 +42,12 @@ def get_problem(name: str, options: dict[str, Any] | None) -> MonotoneProblem:
 
 class _SplittingState(AbstractReportingState):
     u: PyTree[Array]
+    measured: PyTree[Array]
     resolvent: AbstractResolvent | None
     alpha: Scalar
     alpha_bound: Scalar
     first_residual: Scalar
+    initial_scale: Scalar
     abs_residual: Scalar
     rel_residual: Scalar
     converged: Bool[Array, ""]
@@ -95,14 +100,23 @@ class _AbstractSplitting(optx.AbstractFixedPointSolver):
         abs_residual = self.norm((fy**ω - y**ω).ω).astype(dtype)
         f_norm = self.norm(fy).astype(dtype)
         rel_residual = relative(abs_residual, f_norm)
-        converged = abs_residual <= self.atol + self.rtol * f_norm
         first = jnp.where(state.step == 0, abs_residual, state.first_residual)
+        y_norm = self.norm(y).astype(dtype)
+        initial_scale = jnp.where(state.step == 0, y_norm + f_norm, state.initial_scale)
+        diverged = (abs_residual > DIVERGENCE_RATIO * first) | iterate_diverged(
+            y_norm, initial_scale
+        )
+        converged = passes(
+            abs_residual, f_norm, first, initial_scale, self.rtol, self.atol
+        ) & jnp.invert(diverged)
         return aux, dict(
+            measured=y,
             first_residual=first,
+            initial_scale=initial_scale,
             abs_residual=abs_residual,
             rel_residual=rel_residual,
             converged=converged,
-            diverged=abs_residual > DIVERGENCE_RATIO * first,
+            diverged=diverged,
             nonfinite=jnp.invert(jnp.isfinite(abs_residual)),
             step=state.step + 1,
             trace=record(state.trace, state.step, rel_residual),
@@ -111,12 +125,14 @@ class _AbstractSplitting(optx.AbstractFixedPointSolver):
     def _new_state(self, y, f_struct, u, resolvent, alpha, alpha_bound):
         dtype = real_dtype(bookkeeping_dtype((y, f_struct)))
         inf = jnp.array(jnp.inf, dtype)
-        return _SplittingState(
+        return _SplittingState(  # pyright: ignore[reportCallIssue]
             u=u,
+            measured=y,
             resolvent=resolvent,
             alpha=jnp.asarray(alpha, dtype),
             alpha_bound=jnp.asarray(alpha_bound, dtype),
             first_residual=inf,
+            initial_scale=inf,
             abs_residual=inf,
             rel_residual=inf,
             converged=jnp.array(False),
@@ -135,8 +151,10 @@ class _AbstractSplitting(optx.AbstractFixedPointSolver):
         return stopping(state.converged, state.diverged, state.nonfinite)
 
     def postprocess(self, fn, y, aux, args, options, state, tags, result):
-        del fn, args, options, state, tags, result
-        return y, aux, {}
+        del fn, args, options, tags, result
+        # The last iterate whose residual was measured (also at `max_steps`), so the
+        # report is that of the returned value; `aux` is its aux.
+        return _where(state.step > 0, state.measured, y), aux, {}
 
 
 def forward_backward_bound(problem: MonotoneProblem) -> Scalar:
@@ -159,9 +177,16 @@ class ForwardBackward(_AbstractSplitting):
     which [`jaxdeq.monotone.solve`][] checks before tracing.
 
     Needs the problem's structure in `options={"problem": problem}` (a
-    [`jaxdeq.monotone.MonotoneProblem`][]); `fn` must be that problem's map. Stops at
-    the first iterate with $\|f(z) - z\| \le \mathrm{atol} + \mathrm{rtol}\|f(z)\|$
-    and returns it. Two products with $W$ per step (one for the residual).
+    [`jaxdeq.monotone.MonotoneProblem`][]); `fn` must be that problem's map.
+    Two products with $W$ per step (one for the residual).
+
+    Success test: the returned $z$ satisfies $\|f(z) - z\| \le \mathrm{atol} +
+    \mathrm{rtol}\,\|f(z)\|$ in `norm` (`abs_residual` is $\|f(z) - z\|$,
+    `rel_residual` is $\|f(z) - z\| / \|f(z)\|$), with a residual below the first
+    one unless it also passes with $\|f(z)\|$ replaced by the initial scale
+    $s_0 = \|z_0\| + \|f(z_0)\|$, and the solve has not diverged (a residual $10^8$
+    times the first one, or an iterate $10^8$ times $s_0$). The solver returns the
+    last iterate it measured, also when it stops at `max_steps`.
 
     ??? cite "References"
 
@@ -187,7 +212,7 @@ class ForwardBackward(_AbstractSplitting):
     atol: float
     alpha: float | None = None
     norm: Callable[[PyTree], Scalar] = optx.two_norm
-    trace_size: int = 64
+    trace_size: int = eqx.field(default=64, converter=as_int)
 
     _name: ClassVar[str] = "ForwardBackward"
 
@@ -235,8 +260,15 @@ class PeacemanRachford(_AbstractSplitting):
     `options["resolvent"]` (`problem.operator.resolvent(alpha)` for this step size)
     is used instead of factorising inside the solve — under `vmap`, this keeps one
     shared factorisation instead of one per sample, as
-    [`jaxdeq.monotone.solve`][] does. Stops at the first iterate with
-    $\|f(z) - z\| \le \mathrm{atol} + \mathrm{rtol}\|f(z)\|$ and returns it.
+    [`jaxdeq.monotone.solve`][] does.
+
+    Success test: the returned $z$ satisfies $\|f(z) - z\| \le \mathrm{atol} +
+    \mathrm{rtol}\,\|f(z)\|$ in `norm` (`abs_residual` is $\|f(z) - z\|$,
+    `rel_residual` is $\|f(z) - z\| / \|f(z)\|$), with a residual below the first
+    one unless it also passes with $\|f(z)\|$ replaced by the initial scale
+    $s_0 = \|z_0\| + \|f(z_0)\|$, and the solve has not diverged (a residual $10^8$
+    times the first one, or an iterate $10^8$ times $s_0$). The solver returns the
+    last iterate it measured, also when it stops at `max_steps`.
 
     ??? cite "References"
 
@@ -263,7 +295,7 @@ class PeacemanRachford(_AbstractSplitting):
     alpha: float | None = None
     relaxation: float = 1.0
     norm: Callable[[PyTree], Scalar] = optx.two_norm
-    trace_size: int = 64
+    trace_size: int = eqx.field(default=64, converter=as_int)
 
     _name: ClassVar[str] = "PeacemanRachford"
 

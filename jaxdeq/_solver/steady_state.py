@@ -9,11 +9,14 @@ import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from .._misc import (
+    as_int,
     bookkeeping_dtype,
     check_positive_int,
     check_tolerances,
     DIVERGENCE_RATIO,
     flatten,
+    iterate_diverged,
+    passes,
     real_dtype,
     record,
     relative,
@@ -28,10 +31,17 @@ def evals_per_step(solver: diffrax.AbstractSolver) -> int | None:
     if isinstance(solver, diffrax.Euler):
         return 1
     if isinstance(solver, diffrax.AbstractERK):
-        tableau = solver.tableau
+        tableau = _tableau(solver)
         stages = len(tableau.a_lower) + 1
         return stages - 1 if tableau.fsal else stages
     return None
+
+
+def _tableau(solver: diffrax.AbstractERK) -> diffrax.ButcherTableau:
+    # An explicit Runge–Kutta method has one tableau; diffrax types it more widely.
+    tableau = solver.tableau
+    assert isinstance(tableau, diffrax.ButcherTableau)
+    return tableau
 
 
 def _field(fn):
@@ -44,6 +54,31 @@ def _field(fn):
     return field
 
 
+class _SteadyEvent(eqx.Module):
+    """The steady-state event, with the solver's own success test (see `passes`),
+    so that the integration stops exactly when the solve may."""
+
+    rtol: float
+    atol: float
+    norm: Callable[[PyTree], Scalar]
+    first_residual: Scalar
+    initial_scale: Scalar
+
+    def __call__(self, t, y, args, *, terms, solver, **kwargs):
+        del kwargs
+        vf = solver.func(terms, t, y, args)
+        abs_residual = self.norm(vf)
+        f_norm = self.norm(jtu.tree_map(jnp.add, vf, y))
+        return passes(
+            abs_residual,
+            f_norm,
+            self.first_residual,
+            self.initial_scale,
+            self.rtol,
+            self.atol,
+        )
+
+
 class _SteadyStateState(AbstractReportingState):
     t: Scalar
     dt: Scalar
@@ -54,6 +89,7 @@ class _SteadyStateState(AbstractReportingState):
     num_rejected_steps: Int[Array, ""]
     num_fn_evals: Int[Array, ""]
     first_residual: Scalar
+    initial_scale: Scalar
     abs_residual: Scalar
     rel_residual: Scalar
     converged: Bool[Array, ""]
@@ -69,10 +105,16 @@ class SteadyState(optx.AbstractFixedPointSolver):
 
     Each solver step continues the integration for up to `steps_per_call` ODE steps
     (carrying the diffrax solver and step-size controller state across calls, so the
-    integration is the same as one long solve) and stops early once
-    `diffrax.steady_state_event` sees $\|f(z) - z\| \le \text{atol} +
-    \text{rtol}\,\|z\|$. The same test ends the solve; the residual trace holds one
-    entry per call.
+    integration is the same as one long solve) and stops early once a steady-state
+    event sees the success test below pass. The same test ends the solve; the
+    residual trace holds one entry per call.
+
+    Success test: the returned $z$ satisfies $\|f(z) - z\| \le \mathrm{atol} +
+    \mathrm{rtol}\,\|f(z)\|$ in `norm` (`abs_residual` is $\|f(z) - z\|$,
+    `rel_residual` is $\|f(z) - z\| / \|f(z)\|$), with a residual below the first
+    one unless it also passes with $\|f(z)\|$ replaced by the initial scale
+    $s_0 = \|z_0\| + \|f(z_0)\|$, and the solve has not diverged (a residual $10^8$
+    times the first one, or an iterate $10^8$ times $s_0$).
 
     Where $f$ is a contraction the flow converges from any start at rate
     $e^{-(1 - \rho)t}$; the flow also reaches stable fixed points of maps that are not
@@ -99,8 +141,8 @@ class SteadyState(optx.AbstractFixedPointSolver):
     solver: diffrax.AbstractSolver = diffrax.Tsit5()
     stepsize_controller: diffrax.AbstractStepSizeController | None = None
     dt0: float | None = None
-    steps_per_call: int = eqx.field(static=True, default=16)
-    trace_size: int = eqx.field(static=True, default=64)
+    steps_per_call: int = eqx.field(static=True, default=16, converter=as_int)
+    trace_size: int = eqx.field(static=True, default=64, converter=as_int)
 
     _name: ClassVar[str] = "SteadyState"
 
@@ -155,19 +197,32 @@ class SteadyState(optx.AbstractFixedPointSolver):
             term, t0, t1, y, dt0, args, self.solver.func, self.solver.error_order(term)
         )
         solver_state = self.solver.init(term, t0, tnext, y, args)
-        fsal = isinstance(self.solver, diffrax.AbstractERK) and self.solver.tableau.fsal
-        if fsal and isinstance(solver_state, tuple) and len(solver_state) == 2:
-            # diffrax's FSAL state is (first_step, f0): hand it f(y0) so that rejected
-            # first steps do not evaluate it again, which keeps the count exact.
-            solver_state = (jnp.array(False), term.vf(t0, y, args))
+        fsal = (
+            isinstance(self.solver, diffrax.AbstractERK) and _tableau(self.solver).fsal
+        )
         inf = jnp.array(jnp.inf, rdtype)
+        fsal_state = isinstance(solver_state, tuple) and len(solver_state) == 2
+        if fsal and fsal_state:
+            # diffrax's FSAL state is (first_step, f0): hand it f(y0) so that rejected
+            # first steps do not evaluate it again, which keeps the count exact. It
+            # also gives the first residual and the initial scale of the test.
+            vf0 = term.vf(t0, y, args)
+            solver_state = (jnp.array(False), vf0)
+            g0 = flatten(vf0, dtype)
+            x0 = flatten(y, dtype)
+            first_residual = self.norm(g0)
+            initial_scale = self.norm(x0) + self.norm(x0 + g0)
+        else:
+            # Without FSAL, f(y0) is not evaluated: the first measured point (after
+            # the first call) stands in for y0.
+            first_residual = initial_scale = inf
         per_step = evals_per_step(self.solver)
         # Initial evaluations: the first stage (first same as last) and, without dt0,
         # the two of diffrax's initial step-size selection.
-        first = int(fsal) + (2 if dt0 is None else 0)
+        first = int(fsal and fsal_state) + (2 if dt0 is None else 0)
         return _SteadyStateState(
             t=t0,
-            dt=(tnext - t0).astype(rdtype),
+            dt=jnp.asarray(tnext - t0, rdtype),
             solver_state=solver_state,
             # As arrays: diffrax returns them so after a solve.
             controller_state=jtu.tree_map(jnp.asarray, controller_state),
@@ -175,7 +230,8 @@ class SteadyState(optx.AbstractFixedPointSolver):
             num_ode_steps=jnp.array(0),
             num_rejected_steps=jnp.array(0),
             num_fn_evals=jnp.array(first if per_step is not None else -1),
-            first_residual=inf,
+            first_residual=first_residual.astype(rdtype),
+            initial_scale=initial_scale.astype(rdtype),
             abs_residual=inf,
             rel_residual=inf,
             converged=jnp.array(False),
@@ -189,7 +245,13 @@ class SteadyState(optx.AbstractFixedPointSolver):
         del options, tags
         term = diffrax.ODETerm(_field(fn))
         event = diffrax.Event(
-            diffrax.steady_state_event(rtol=self.rtol, atol=self.atol, norm=self.norm)
+            _SteadyEvent(
+                self.rtol,
+                self.atol,
+                self.norm,
+                state.first_residual,
+                state.initial_scale,
+            )
         )
         saveat = diffrax.SaveAt(
             subs=[
@@ -237,8 +299,25 @@ class SteadyState(optx.AbstractFixedPointSolver):
         dtype = bookkeeping_dtype(y)
         diff = flatten(fz, dtype) - flatten(new_y, dtype)
         abs_residual = self.norm(diff)
+        f_norm = self.norm(flatten(fz, dtype))
         z_norm = self.norm(flatten(new_y, dtype))
-        first = jnp.where(state.step == 0, abs_residual, state.first_residual)
+        first_residual = jnp.where(
+            jnp.isfinite(state.first_residual), state.first_residual, abs_residual
+        )
+        initial_scale = jnp.where(
+            jnp.isfinite(state.initial_scale), state.initial_scale, z_norm + f_norm
+        )
+        diverged = (abs_residual > DIVERGENCE_RATIO * first_residual) | (
+            iterate_diverged(z_norm, initial_scale)
+        )
+        converged = passes(
+            abs_residual,
+            f_norm,
+            first_residual,
+            initial_scale,
+            self.rtol,
+            self.atol,
+        ) & jnp.invert(diverged)
         per_step = evals_per_step(self.solver)
         if per_step is None:
             evals = state.num_fn_evals
@@ -246,7 +325,7 @@ class SteadyState(optx.AbstractFixedPointSolver):
             # The steady-state event evaluates f once at the start and after every
             # step; one more evaluation measures the residual.
             evals = state.num_fn_evals + (per_step + 1) * steps + 2
-        rel = relative(abs_residual, z_norm)
+        rel = relative(abs_residual, f_norm)
         new_state = _SteadyStateState(
             t=t_new.astype(state.t.dtype),
             dt=dt.astype(state.dt.dtype),
@@ -257,11 +336,12 @@ class SteadyState(optx.AbstractFixedPointSolver):
             num_rejected_steps=state.num_rejected_steps
             + sol.stats["num_rejected_steps"],
             num_fn_evals=evals,
-            first_residual=first,
+            first_residual=first_residual,
+            initial_scale=initial_scale,
             abs_residual=abs_residual,
             rel_residual=rel,
-            converged=abs_residual <= self.atol + self.rtol * z_norm,
-            diverged=abs_residual > DIVERGENCE_RATIO * first,
+            converged=converged,
+            diverged=diverged,
             nonfinite=jnp.invert(jnp.isfinite(abs_residual)),
             step=state.step + 1,
             trace=record(state.trace, state.step, rel),
@@ -279,7 +359,8 @@ class SteadyState(optx.AbstractFixedPointSolver):
 
 SteadyState.__init__.__doc__ = r"""**Arguments:**
 
-- `rtol`, `atol`: stop once $\|f(z) - z\| \le \text{atol} + \text{rtol}\,\|z\|$.
+- `rtol`, `atol`: stop once $\|f(z) - z\| \le \text{atol} + \text{rtol}\,\|f(z)\|$
+    (see the success test above).
 - `norm`: the norm of that test (default two-norm).
 - `solver`: the diffrax solver (default `diffrax.Tsit5()`).
 - `stepsize_controller`: a diffrax step-size controller; default

@@ -9,7 +9,6 @@ from ._blocks import (
     TokenDecoder as TokenDecoder,
 )
 from ._refiner import (
-    AttractorInfo as AttractorInfo,
     AttractorRefiner as AttractorRefiner,
     evaluate_budgets as evaluate_budgets,
 )

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from .._misc import check_positive_int
 
@@ -47,7 +47,7 @@ class AttentionBlock(eqx.Module):
         self,
         dim: int,
         heads: int,
-        mask: Bool[Array, "length length"] | None = None,
+        mask: Bool[ArrayLike, "length length"] | None = None,
         *,
         mlp_ratio: int = 2,
         dtype: jnp.dtype | None = None,
@@ -159,7 +159,7 @@ class TokenBackbone(eqx.Module):
         dim: int,
         depth: int,
         heads: int,
-        mask: Bool[Array, "length length"] | None = None,
+        mask: Bool[ArrayLike, "length length"] | None = None,
         *,
         dtype=None,
         key: PRNGKeyArray,

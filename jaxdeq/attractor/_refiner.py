@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from .._adjoint import PhantomAdjoint
 from .._deq import _SOLVER_TYPES, fixed_point
 from .._misc import check_positive_int, relative
 from .._regularisers import jacobian_regulariser
-from .._solution import BackwardStats, RESULTS
+from .._solution import BackwardStats, Report, RESULTS, TRACE_SIZE
 from .._solver.anderson import Anderson
-from ._min_steps import at_least
+from .._solver.min_steps import at_least
 
 
 _INJECTIONS = ("persistent", "initial")
@@ -48,30 +48,6 @@ def _difference(a, b):
 
 def _size(tree) -> int:
     return sum(int(np.prod(jnp.shape(x))) for x in jtu.tree_leaves(tree))
-
-
-class AttractorInfo(eqx.Module):
-    """What one refinement did, per sample (batched under `vmap`).
-
-    **Fields:**
-
-    - `num_steps`: refinement steps taken (the budget $T$ in budget mode).
-    - `rel_residual`: $\\|F(y) - y\\| / \\|F(y)\\|$ at the returned $y$.
-    - `converged`: whether the solve met its tolerance (in budget mode: whether the
-        returned $y$ meets the solver's tolerance).
-    - `internalization`: $\\|y - c\\| / \\|c\\|$, how far refinement moved the
-        proposal; it shrinks over training as the backbone internalises the
-        equilibrium.
-    - `jacobian_penalty`: `jacobian_weight` times a Hutchinson estimate of
-        $\\|\\partial F / \\partial y\\|_F^2$ per state element at the solution (zero
-        when the weight is zero or no `key` was given); add it to the loss.
-    """
-
-    num_steps: Int[Array, ""]
-    rel_residual: Float[Array, ""]
-    converged: Bool[Array, ""]
-    internalization: Float[Array, ""]
-    jacobian_penalty: Float[Array, ""]
 
 
 class AttractorRefiner(eqx.Module):
@@ -195,7 +171,7 @@ class AttractorRefiner(eqx.Module):
         steps: int | None = None,
         key: PRNGKeyArray | None = None,
         backward_stats: BackwardStats | None = None,
-    ) -> tuple[PyTree[Array], AttractorInfo]:
+    ) -> tuple[PyTree[Array], Report]:
         """Refine a proposal: solve $y = F(y; c)$, or apply $F$ `steps` times.
 
         **Arguments:**
@@ -211,7 +187,23 @@ class AttractorRefiner(eqx.Module):
 
         **Returns:**
 
-        `(y, info)`: the refined state and an [`jaxdeq.attractor.AttractorInfo`][].
+        `(y, report)`: the refined state and its [`jaxdeq.Report`][] (per sample
+        under `vmap`):
+
+        - `result`: `successful` when the returned $y$ meets the solver's
+            tolerance $\\|F(y) - y\\| \\le \\text{atol} + \\text{rtol}\\,\\|F(y)\\|$
+            (in budget mode too, where otherwise it is
+            `fixed_point_max_steps_reached`);
+        - `num_steps`: refinement steps taken (the budget $T$ in budget mode);
+        - `abs_residual`, `rel_residual`: $\\|F(y) - y\\|$ and
+            $\\|F(y) - y\\| / \\|F(y)\\|$ at the returned $y$;
+        - `extra["internalization"]`: $\\|y - c\\| / \\|c\\|$, how far refinement
+            moved the proposal; it shrinks over training as the backbone
+            internalises the equilibrium;
+        - `extra["jacobian_penalty"]`: `jacobian_weight` times a Hutchinson
+            estimate of $\\|\\partial F / \\partial y\\|_F^2$ per state element at the
+            solution (zero when the weight is zero or no `key` was given); add it
+            to the loss.
         """
         fn = _MAPS[self.injection]
         args = (self.refiner, c)
@@ -228,15 +220,16 @@ class AttractorRefiner(eqx.Module):
                 backward_stats=backward_stats,
             )
             y = sol.value
-            num_steps = sol.stats["num_steps"]
-            rel_residual = sol.stats["rel_residual"]
-            converged = sol.result == RESULTS.successful
+            report = Report.from_solution(sol)
         else:
-            if not (isinstance(steps, int) and steps >= 0):
+            if isinstance(steps, bool) or not (
+                isinstance(steps, (int, np.integer)) and steps >= 0
+            ):
                 raise ValueError(
                     "AttractorRefiner: `steps` must be None (solve to tolerance) or "
                     f"an int >= 0 (a fixed budget), got {steps!r}."
                 )
+            steps = int(steps)
             y = start
             if steps > 0:
                 y, _ = jax.lax.scan(
@@ -249,25 +242,38 @@ class AttractorRefiner(eqx.Module):
             rtol = getattr(self.solver, "rtol", 0.0)
             atol = getattr(self.solver, "atol", 0.0)
             converged = gap <= atol + rtol * f_norm
-            num_steps = jnp.array(steps)
+            result = RESULTS.where(
+                converged,
+                RESULTS.successful,  # pyright: ignore[reportArgumentType]
+                RESULTS.fixed_point_max_steps_reached,
+            )
+            trace = jnp.full((TRACE_SIZE,), jnp.nan, rel_residual.dtype)
+            report = Report(
+                result=result,
+                num_steps=jnp.asarray(steps),
+                num_fn_evals=jnp.asarray(steps + 1),
+                abs_residual=gap,
+                rel_residual=rel_residual,
+                residual_trace=trace.at[min(steps, TRACE_SIZE - 1)].set(rel_residual),
+            )
+            if self.throw:
+                y = result.error_if(y, result != RESULTS.successful)
         stopped_y = jax.lax.stop_gradient(y)
         stopped_c = jax.lax.stop_gradient(c)
         internalization = relative(
             _norm(_difference(stopped_y, stopped_c)), _norm(stopped_c)
         )
+        dtype = report.rel_residual.dtype
         if self.jacobian_weight > 0 and key is not None:
             penalty = jacobian_regulariser(fn, stopped_y, args, key) / _size(y)
             penalty = self.jacobian_weight * penalty
         else:
-            penalty = jnp.zeros((), rel_residual.dtype)
-        info = AttractorInfo(
-            num_steps=jnp.asarray(num_steps),
-            rel_residual=rel_residual,
-            converged=jnp.asarray(converged),
-            internalization=internalization,
-            jacobian_penalty=jnp.asarray(penalty, rel_residual.dtype),
-        )
-        return y, info
+            penalty = jnp.zeros((), dtype)
+        extra = {
+            "internalization": internalization.astype(dtype),
+            "jacobian_penalty": jnp.asarray(penalty, dtype),
+        }
+        return y, eqx.tree_at(lambda r: r.extra, report, extra)
 
     def __call__(
         self,
@@ -276,7 +282,7 @@ class AttractorRefiner(eqx.Module):
         steps: int | None = None,
         key: PRNGKeyArray | None = None,
         backward_stats: BackwardStats | None = None,
-    ) -> tuple[Any, AttractorInfo]:
+    ) -> tuple[Any, Report]:
         """Propose, refine and decode one sample.
 
         **Arguments:**
@@ -289,13 +295,13 @@ class AttractorRefiner(eqx.Module):
 
         **Returns:**
 
-        `(output, info)`: the decoded refined state and its
-        [`jaxdeq.attractor.AttractorInfo`][].
+        `(output, report)`: the decoded refined state and its [`jaxdeq.Report`][]
+        (see [`jaxdeq.attractor.AttractorRefiner.refine`][]).
         """
-        y, info = self.refine(
+        y, report = self.refine(
             self.proposal(x), steps=steps, key=key, backward_stats=backward_stats
         )
-        return self.decode(y), info
+        return self.decode(y), report
 
 
 AttractorRefiner.__init__.__doc__ = r"""**Arguments:**
@@ -314,9 +320,9 @@ AttractorRefiner.__init__.__doc__ = r"""**Arguments:**
 - `injection`: `"persistent"` ($F(y; c) = c + R(y + c)$, default) or `"initial"`
     ($F(y) = R(y)$, the proposal only as starting point).
 - `jacobian_weight`: weight of the Jacobian penalty reported in
-    `AttractorInfo.jacobian_penalty` when a `key` is passed (0 disables it).
+    `report.extra["jacobian_penalty"]` when a `key` is passed (0 disables it).
 - `throw`: raise when a solve fails (default `False`: failures are reported per
-    sample in `AttractorInfo.converged`, and training goes on).
+    sample in `report.result`, and training goes on).
 """
 
 
@@ -367,11 +373,11 @@ def evaluate_budgets(
         for start in range(0, num, batch_size):
             part = slice(start, start + batch_size)
             chunk, target = jtu.tree_map(lambda a, p=part: a[p], (inputs, targets))
-            outputs, info = _batched(model, chunk, budget)
+            outputs, report = _batched(model, chunk, budget)
             values = dict(metrics(outputs, target))
-            values["steps"] = info.num_steps
-            values["converged"] = info.converged
-            values["internalization"] = info.internalization
+            values["steps"] = report.num_steps
+            values["converged"] = report.successful
+            values["internalization"] = report.extra["internalization"]
             for key, value in values.items():
                 value = np.asarray(value, np.float64)
                 totals[key] = totals.get(key, 0.0) + float(np.sum(value))

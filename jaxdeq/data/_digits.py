@@ -44,8 +44,9 @@ def load_digits(
     import sklearn.datasets
 
     digits = sklearn.datasets.load_digits()
-    x = np.asarray(digits.data, np.float64)
-    y = np.asarray(digits.target, np.int32)
+    # scikit-learn's return type also covers `return_X_y=True`, a tuple.
+    x = np.asarray(digits.data, np.float64)  # pyright: ignore[reportAttributeAccessIssue]
+    y = np.asarray(digits.target, np.int32)  # pyright: ignore[reportAttributeAccessIssue]
     order = np.random.default_rng(seed).permutation(len(x))
     num_test = max(1, round(test_fraction * len(x)))
     test, train = order[:num_test], order[num_test:]

@@ -103,8 +103,9 @@ def graph_steady_states(
         )
         graphs.append(g)
         targets.append(np.pad(y, (0, max_nodes - len(y)))[:, None])
+    # The data set stays in NumPy (host memory) until it is batched.
     stacked = Graph(
-        *(
+        *(  # pyright: ignore[reportArgumentType]
             np.stack([np.asarray(getattr(g, f)) for g in graphs])
             for f in (
                 "nodes",

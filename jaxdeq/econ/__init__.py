@@ -35,8 +35,10 @@ from ._deqn import (
 from ._equilibrium import (
     AbstractEconomy as AbstractEconomy,
     Aiyagari as Aiyagari,
+    CoarseGridWarning as CoarseGridWarning,
     EquilibriumSolution as EquilibriumSolution,
     excess_supply_curve as excess_supply_curve,
+    grid_error as grid_error,
     Huggett as Huggett,
     plot_equilibrium as plot_equilibrium,
     solve_equilibrium as solve_equilibrium,
@@ -49,6 +51,7 @@ from ._estimation import (
 )
 from ._growth import Growth as Growth
 from ._hjb import (
+    AbstractClosedFormHJBModel as AbstractClosedFormHJBModel,
     AbstractHJBModel as AbstractHJBModel,
     crra as crra,
     evaluate_hjb as evaluate_hjb,

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 from ..pinn import HJB, ValueNetwork
 from ._hjb import (
     _log_uniform_and_uniform,
-    AbstractHJBModel,
+    AbstractClosedFormHJBModel,
     crra,
     positive_marginal_value,
 )
 
 
-class CakeEating(AbstractHJBModel):
+class CakeEating(AbstractClosedFormHJBModel):
     r"""Consumption–savings with CRRA utility and a safe return $r$:
 
     $$\rho V(a) = \max_c \; u(c) + V'(a)\,(r a - c), \qquad
@@ -88,6 +88,11 @@ class CakeEating(AbstractHJBModel):
 
     def policies(self, value_fn, z):
         return {"consumption": self.hjb().controls(value_fn, z)}
+
+    @property
+    def has_closed_form(self) -> bool:
+        """Always: $c = \\kappa a$ (see above)."""
+        return True
 
     def value_true(self, z):
         return self.kappa ** (-self.gamma) * crra(z[0], self.gamma)

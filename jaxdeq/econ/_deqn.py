@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from .._solution import RESULTS
 from ..pinn import fit
 from ._quadrature import _default_float, gauss_hermite, monomial_rule, Quadrature
 
@@ -354,7 +355,9 @@ def evaluate_residuals(
     _check_states("evaluate_residuals", model, states)
     _check_quadrature("evaluate_residuals", model, quadrature)
 
-    return _evaluate(model, policy, states, quadrature, residuals=True, errors=False)[0]
+    res, _ = _evaluate(model, policy, states, quadrature, residuals=True, errors=False)
+    assert res is not None
+    return res
 
 
 def evaluate_euler_errors(
@@ -375,7 +378,9 @@ def evaluate_euler_errors(
     _check_states("evaluate_euler_errors", model, states)
     _check_quadrature("evaluate_euler_errors", model, quadrature)
 
-    return _evaluate(model, policy, states, quadrature, residuals=False, errors=True)[1]
+    _, err = _evaluate(model, policy, states, quadrature, residuals=False, errors=True)
+    assert err is not None
+    return err
 
 
 @eqx.filter_jit
@@ -513,7 +518,7 @@ def _default_quadrature(dim: int) -> Quadrature:
 
 
 def _check_size(label: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"DEQN: `{label}` must be an int, got {value!r}.")
     if value < minimum:
         raise ValueError(f"DEQN: `{label}` must be at least {minimum}, got {value}.")
@@ -554,6 +559,10 @@ class DEQN(eqx.Module):
         periods after `report_burn_in`, i.e. the ergodic set of the trained
         policy.
     - `report_quadrature`: the rule for those errors (default: `quadrature`).
+    - `target`: the training loss to reach (the sum of the residuals' mean
+        squares); training stops once it is met, and the solution's `result` is
+        `fit_not_converged` when it is not. `None` (the default): no target, the
+        whole budget is trained.
     """
 
     width: int = 32
@@ -572,6 +581,7 @@ class DEQN(eqx.Module):
     report_length: int = 32
     report_burn_in: int = 100
     report_quadrature: Quadrature | None = None
+    target: float | None = None
 
     def __check_init__(self):
         _check_size("width", self.width)
@@ -587,6 +597,14 @@ class DEQN(eqx.Module):
         _check_size("report_burn_in", self.report_burn_in, 0)
         if self.resample_every is not None:
             _check_size("resample_every", self.resample_every)
+        if self.target is not None and not (
+            isinstance(self.target, (int, float, np.floating))
+            and 0 <= self.target < math.inf
+        ):
+            raise ValueError(
+                f"DEQN: `target` must be a finite loss >= 0 or None, got "
+                f"{self.target!r}."
+            )
         if self.adam_steps + self.lbfgs_steps == 0:
             raise ValueError(
                 "DEQN: `adam_steps` and `lbfgs_steps` are both 0, so nothing would "
@@ -626,6 +644,9 @@ class DEQNSolution(eqx.Module):
         (of $|e|$ on the training states).
     - `num_steps`: optimiser steps taken (Adam and L-BFGS).
     - `wall_time`: seconds spent training, compilation included.
+    - `result`: a [`jaxdeq.RESULTS`][]: `successful`, or `fit_not_converged`
+        when the training loss missed `DEQN.target` (see [`jaxdeq.pinn.fit`][]).
+    - `loss`: the final training loss, and `terms` its named parts.
     """
 
     policy: DEQNPolicy
@@ -636,6 +657,9 @@ class DEQNSolution(eqx.Module):
     history: dict[str, np.ndarray]
     num_steps: int
     wall_time: float
+    result: RESULTS
+    loss: float
+    terms: dict[str, float]
 
 
 def solve_deqn(
@@ -752,8 +776,9 @@ def solve_deqn(
         res, errors = _evaluate(
             model, policy, points, quadrature, residuals=True, errors=True
         )
+        assert res is not None and errors is not None
         terms = {f"loss_{name}": jnp.mean(jnp.square(r)) for name, r in res.items()}
-        loss = sum(terms.values())
+        loss = jnp.asarray(sum(terms.values()))
         errors = jnp.abs(errors)
         terms["euler_mean"] = jax.lax.stop_gradient(jnp.mean(errors))
         terms["euler_max"] = jax.lax.stop_gradient(jnp.max(errors))
@@ -796,6 +821,7 @@ def solve_deqn(
         lbfgs_steps=solver.lbfgs_steps,
         resample_every=solver.resample_every,
         log_every=solver.log_every,
+        target=solver.target,
         progress=progress,
     )
     policy = make_policy(fitted.params)
@@ -820,4 +846,7 @@ def solve_deqn(
         history=fitted.history,
         num_steps=fitted.num_steps,
         wall_time=fitted.wall_time,
+        result=fitted.result,
+        loss=fitted.loss,
+        terms=fitted.terms,
     )

@@ -9,10 +9,11 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optimistix as optx
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree, Scalar
 
+from .._solution import RESULTS
 from ._equilibrium import AbstractEconomy, EquilibriumSolution, solve_equilibrium
 from ._households import HouseholdSolution
 
@@ -72,7 +73,7 @@ class EstimationResult(eqx.Module):
     standard_errors: PyTree[Array] | None
     loss: Scalar
     steps: Int[Array, ""]
-    result: optx.RESULTS
+    result: RESULTS
 
 
 def _unflatten(flat, structure):
@@ -94,7 +95,7 @@ def _moments_and_jacobian(
     def fn(f):
         econ = eqx.tree_at(where, economy, _unflatten(f, structure))
         equilibrium = solve_equilibrium(econ, throw=False, **equilibrium_options)
-        ok = equilibrium.result == optx.RESULTS.successful
+        ok = equilibrium.result == RESULTS.successful
         m = jnp.asarray(moments(equilibrium), flat.dtype)
         if m.shape != target_shape:
             raise ValueError(
@@ -189,8 +190,13 @@ def estimate(
         raise ValueError(
             f"{n_params} parameters cannot be identified from {n_moments} moments."
         )
-    if max_steps < 1:
+    if (
+        isinstance(max_steps, (bool, np.bool_))
+        or not isinstance(max_steps, (int, np.integer))
+        or max_steps < 1
+    ):
         raise ValueError(f"`max_steps` must be a positive integer, got {max_steps}.")
+    max_steps = int(max_steps)
     sigma = None if moment_covariance is None else jnp.asarray(moment_covariance, dtype)
     if sigma is not None and sigma.shape != (n_moments, n_moments):
         raise ValueError(
@@ -249,12 +255,12 @@ def estimate(
     loss = float(res @ res)
     damping, growth = 1e-3, 2.0
     steps = 0
-    result = optx.RESULTS.max_steps_reached
+    result = RESULTS.max_steps_reached
     while steps < max_steps:
         j = gw * scale[None]
         gradient = j.T @ res
         if loss == 0.0 or float(jnp.max(jnp.abs(gradient))) <= eps * max(loss, eps):
-            result = optx.RESULTS.successful
+            result = RESULTS.successful
             break
         # Damped Gauss-Newton step by least squares on [J; sqrt(damping) I].
         augmented = jnp.concatenate(
@@ -276,16 +282,16 @@ def estimate(
             flat, m, res, gw, equilibrium = trial, m_t, res_t, gw_t, eq_t
             loss = float(res @ res)
             if small:
-                result = optx.RESULTS.successful
+                result = RESULTS.successful
                 break
         else:
             if small and finite and actual >= 0:
                 # The step is below the tolerance and does not raise the loss.
-                result = optx.RESULTS.successful
+                result = RESULTS.successful
                 break
             damping *= growth
             growth *= 2.0
-    if throw and result != optx.RESULTS.successful:
+    if throw and result != RESULTS.successful:
         raise RuntimeError(
             f"estimate: Levenberg-Marquardt did not converge in {max_steps} steps; "
             f"last parameters {unravel(flat)}, loss {loss:.3e}. Raise `max_steps` or "
@@ -310,5 +316,5 @@ def estimate(
         standard_errors=standard_errors,
         loss=gap @ weights @ gap,
         steps=jnp.asarray(steps),
-        result=result,
+        result=result,  # pyright: ignore[reportArgumentType]
     )

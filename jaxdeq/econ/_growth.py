@@ -7,13 +7,13 @@ import numpy as np
 from ..pinn import HJB, shape_violation, ValueNetwork
 from ._hjb import (
     _log_uniform_and_uniform,
-    AbstractHJBModel,
+    AbstractClosedFormHJBModel,
     crra,
     positive_marginal_value,
 )
 
 
-class Growth(AbstractHJBModel):
+class Growth(AbstractClosedFormHJBModel):
     r"""The neoclassical growth model:
 
     $$\rho V(k) = \max_c \; u(c) + V'(k)\,(A k^\alpha - \delta k - c),$$
@@ -102,6 +102,11 @@ class Growth(AbstractHJBModel):
 
     def policies(self, value_fn, z):
         return {"consumption": self.hjb().controls(value_fn, z)}
+
+    @property
+    def has_closed_form(self) -> bool:
+        """Whether $\\gamma = \\alpha$, where the closed form holds."""
+        return self.gamma == self.alpha
 
     def _check_closed_form(self):
         if self.gamma != self.alpha:

@@ -12,6 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
+from .._solution import RESULTS
 from ..pinn import accuracy_report, fit, FitResult, HJB
 
 
@@ -37,9 +38,10 @@ class AbstractHJBModel(eqx.Module):
 
     A model says: its equation (`hjb`), the box its network normalises from and
     the points it trains on (`sample`), the network with its hard conditions
-    (`value_network`), where its accuracy is reported (`evaluation_points`), its
-    named policies (`policies`), and, when known, the closed form
-    (`value_true`, `policies_true`). `initial_guess`, when given, is a value
+    (`value_network`), where its accuracy is reported (`evaluation_points`) and
+    its named policies (`policies`). A model that knows its closed form subclasses
+    [`jaxdeq.econ.AbstractClosedFormHJBModel`][] instead, which adds `value_true`
+    and `policies_true`. `initial_guess`, when given, is a value
     function an economist would start an iteration from (for example the value of
     staying at the current state forever); the network is fitted to it before the
     residual is minimised, which puts the optimiser in the basin of the right
@@ -66,14 +68,6 @@ class AbstractHJBModel(eqx.Module):
     def policies(self, value_fn: Callable, z: Float[Array, " n"]) -> dict[str, Array]:
         """Named policies at one point, from the first-order conditions."""
 
-    def value_true(self, z: Float[Array, " n"]) -> Scalar:
-        """The closed-form value function (raises `NotImplementedError` if none)."""
-        raise NotImplementedError(f"{type(self).__name__} has no closed form here.")
-
-    def policies_true(self, z: Float[Array, " n"]) -> dict[str, Array]:
-        """The closed-form policies (raises `NotImplementedError` if none)."""
-        raise NotImplementedError(f"{type(self).__name__} has no closed form here.")
-
     def shape_violation(self, value_fn: Callable, z: Float[Array, " n"]) -> Scalar:
         """A non-negative measure of how far `value_fn` is from the shape the
         value function is known to have (see [`jaxdeq.pinn.shape_violation`][]),
@@ -92,6 +86,35 @@ class AbstractHJBModel(eqx.Module):
         """A value function to fit before the residual, or `None` to skip."""
         del z
         return None
+
+
+class AbstractClosedFormHJBModel(AbstractHJBModel):
+    r"""An [`jaxdeq.econ.AbstractHJBModel`][] that knows its solution in closed form:
+    the marker of that capability (test it with `isinstance`), as diffrax marks
+    adaptive or implicit solvers.
+
+    [`jaxdeq.econ.evaluate_hjb`][] and [`jaxdeq.econ.solve_hjb`][] report the errors
+    of the value and of every policy against `value_true` and `policies_true` when
+    `has_closed_form` is true: a model whose closed form holds only for some
+    parameter values (e.g. [`jaxdeq.econ.Growth`][], at $\gamma = \alpha$) says
+    so there.
+    """
+
+    has_closed_form: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def value_true(self, z: Float[Array, " n"]) -> Scalar:
+        """The closed-form value function at one point."""
+
+    @abc.abstractmethod
+    def policies_true(self, z: Float[Array, " n"]) -> dict[str, Array]:
+        """The closed-form policies at one point, named as in `policies`."""
+
+
+def has_closed_form(model: AbstractHJBModel) -> bool:
+    """Whether a model's closed form is known at its parameters: an
+    [`jaxdeq.econ.AbstractClosedFormHJBModel`][] whose `has_closed_form` is true."""
+    return isinstance(model, AbstractClosedFormHJBModel) and bool(model.has_closed_form)
 
 
 class HJBSolution(eqx.Module):
@@ -113,6 +136,11 @@ class HJBSolution(eqx.Module):
     value: Callable
     fit: FitResult
     report: dict[str, Any]
+
+    @property
+    def result(self) -> RESULTS:
+        """The fit's [`jaxdeq.RESULTS`][] (see [`jaxdeq.pinn.FitResult`][])."""
+        return self.fit.result
 
     def policies(self, z: Float[Array, "num n"]) -> dict[str, Array]:
         """The named policies at a batch of points."""
@@ -143,11 +171,11 @@ def evaluate_hjb(
     report: dict[str, Any] = {
         "residual": {"mean_abs": float(jnp.mean(res)), "max_abs": float(jnp.max(res))}
     }
-    try:
-        v_true = jax.vmap(model.value_true)(z)
-        p_true = jax.vmap(model.policies_true)(z)
-    except NotImplementedError:
+    if not has_closed_form(model):
         return report
+    assert isinstance(model, AbstractClosedFormHJBModel)
+    v_true = jax.vmap(model.value_true)(z)
+    p_true = jax.vmap(model.policies_true)(z)
     report["value"] = accuracy_report(jax.vmap(value)(z), v_true)
     policies = jax.vmap(lambda p: model.policies(value, p))(z)
     for name, true in p_true.items():
@@ -310,12 +338,13 @@ def plot_hjb(solution: HJBSolution, outdir) -> list:
     grid = jnp.asarray(grid)
     v = np.asarray(jax.vmap(value)(grid))
     pols = {k: np.asarray(p) for k, p in solution.policies(grid).items()}
-    try:
+    if has_closed_form(model):
+        assert isinstance(model, AbstractClosedFormHJBModel)
         v_true = np.asarray(jax.vmap(model.value_true)(grid))
         p_true = {
             k: np.asarray(p) for k, p in jax.vmap(model.policies_true)(grid).items()
         }
-    except NotImplementedError:
+    else:
         v_true, p_true = None, {}
     paths = []
 

@@ -26,13 +26,15 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, Float, Int, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, Scalar
 
 from .._linear import BlockTridiagonal, BlockTridiagonalLinearOperator
+from .._solution import as_results, Report, RESULTS, TRACE_SIZE
 from .._solver.pseudo_transient import PseudoTransientNewton
 
 
@@ -47,7 +49,7 @@ class Prices(eqx.Module):
     r: Scalar
     w: Scalar
 
-    def __init__(self, r, w=1.0):
+    def __init__(self, r, w: ArrayLike = 1.0):
         """**Arguments:**
 
         - `r`: the interest rate.
@@ -207,21 +209,67 @@ class AbstractHousehold(eqx.Module):
             )
 
 
+def _as_int(name: str, value) -> int:
+    """A Python or NumPy integer as a Python int (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an integer, got {value!r}.")
+    return int(value)
+
+
+def _finite_scalar(name: str, value, meaning: str) -> None:
+    if _is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+        raise ValueError(f"{meaning} `{name}` must be finite, got {np.asarray(value)}.")
+
+
+def _check_generator(g: np.ndarray) -> None:
+    """An intensity matrix whose chain has one stationary distribution that visits
+    every income state: finite, rows summing to zero, non-negative switching rates,
+    and every state reachable from every other (irreducible)."""
+    if not np.all(np.isfinite(g)):
+        raise ValueError(
+            f"`generator` (the income process's switching intensities) must be "
+            f"finite, got\n{g}"
+        )
+    off = g - np.diag(np.diag(g))
+    if np.any(off < 0) or np.any(np.abs(g.sum(axis=1)) > 1e-8 * (1 + np.abs(g).max())):
+        raise ValueError(
+            "`generator` must be an intensity matrix: non-negative off-diagonal "
+            f"rates and rows that sum to zero; got\n{g}"
+        )
+    j = g.shape[0]
+    reach = (off > 0) | np.eye(j, dtype=bool)
+    for _ in range(max(1, int(np.ceil(np.log2(max(j, 2)))))):
+        reach = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
+    if not reach.all():
+        stuck = [int(k) for k in range(j) if not reach[k].all()]
+        raise ValueError(
+            f"the income process never leaves some income states: from state(s) "
+            f"{stuck} the household never reaches every other state (zero switching "
+            "intensities), so the stationary income distribution is not unique or "
+            "leaves states empty, and aggregate labour and the equilibrium are not "
+            "defined. Make every switching rate (`lam`, or a path of off-diagonal "
+            f"rates of `generator`) positive; got\n{g}"
+        )
+
+
 def _check_grid(a_min, a_max, grid_size, rho, generator):
-    if isinstance(grid_size, bool) or not isinstance(grid_size, int):
-        raise TypeError(f"`grid_size` must be a Python int, got {grid_size!r}.")
+    grid_size = _as_int("grid_size", grid_size)
     if grid_size < 3:
         raise ValueError(
             f"`grid_size` must be at least 3 (an empty or trivial grid has no "
             f"derivatives), got {grid_size}."
         )
+    _finite_scalar("a_min", a_min, "the borrowing limit")
+    _finite_scalar("a_max", a_max, "the top of the wealth grid")
     if _is_concrete(a_min, a_max) and not float(a_max) > float(a_min):
         raise ValueError(
             f"the wealth grid is empty: a_max = {float(a_max):.6g} must be above "
             f"a_min = {float(a_min):.6g}."
         )
-    if _is_concrete(rho) and not float(rho) > 0:
-        raise ValueError(f"the discount rate rho must be > 0, got {float(rho):.6g}.")
+    if _is_concrete(rho) and not (0 < float(rho) < np.inf):
+        raise ValueError(
+            f"the discount rate rho must be > 0 and finite, got {float(rho):.6g}."
+        )
     generator = jnp.asarray(generator)
     if generator.ndim != 2 or generator.shape[0] != generator.shape[1]:
         raise ValueError(
@@ -229,15 +277,8 @@ def _check_grid(a_min, a_max, grid_size, rho, generator):
             f"{generator.shape}."
         )
     if _is_concrete(generator):
-        g = np.asarray(generator)
-        off = g - np.diag(np.diag(g))
-        if np.any(off < 0) or np.any(
-            np.abs(g.sum(axis=1)) > 1e-8 * (1 + np.abs(g).max())
-        ):
-            raise ValueError(
-                "`generator` must be an intensity matrix: non-negative off-diagonal "
-                f"rates and rows that sum to zero; got\n{g}"
-            )
+        _check_generator(np.asarray(generator))
+    return grid_size
 
 
 class Household(AbstractHousehold):
@@ -255,7 +296,15 @@ class Household(AbstractHousehold):
     generator: Float[Array, "J J"]
 
     def __init__(
-        self, *, z, generator, rho=0.05, gamma=2.0, a_min=0.0, a_max=20.0, grid_size=500
+        self,
+        *,
+        z,
+        generator,
+        rho: ArrayLike = 0.05,
+        gamma: ArrayLike = 2.0,
+        a_min: ArrayLike = 0.0,
+        a_max: ArrayLike = 20.0,
+        grid_size=500,
     ):
         r"""**Arguments:**
 
@@ -269,13 +318,22 @@ class Household(AbstractHousehold):
         - `grid_size`: the number of wealth grid points $N \ge 3$.
         """
         generator = jnp.asarray(generator)
-        _check_grid(a_min, a_max, grid_size, rho, generator)
+        grid_size = _check_grid(a_min, a_max, grid_size, rho, generator)
         self.z = jnp.asarray(z)
         if self.z.ndim != 1 or self.z.shape[0] != generator.shape[0]:
             raise ValueError(
                 "`z` must have one entry per income state "
                 f"({generator.shape[0]}), got shape {self.z.shape}."
             )
+        if _is_concrete(self.z):
+            z_np = np.asarray(self.z)
+            if not np.all(np.isfinite(z_np)) or np.any(z_np < 0):
+                raise ValueError(
+                    "the labour endowment `z` of every income state must be "
+                    f"finite and non-negative (income is w z + r a), got {z_np}. "
+                    "Negative income is not an income state: model a cost or a "
+                    "tax as a lower endowment, down to zero."
+                )
         dtype = (
             self.z.dtype
             if jnp.issubdtype(self.z.dtype, jnp.floating)
@@ -285,9 +343,9 @@ class Household(AbstractHousehold):
         self.generator = jnp.asarray(generator, dtype)
         self.rho = jnp.asarray(rho, dtype)
         self.gamma = jnp.asarray(gamma, dtype)
-        if _is_concrete(self.gamma) and not float(self.gamma) > 0:
+        if _is_concrete(self.gamma) and not 0 < float(self.gamma) < np.inf:
             raise ValueError(
-                f"risk aversion gamma must be > 0, got {float(self.gamma)}."
+                f"risk aversion gamma must be > 0 and finite, got {float(self.gamma)}."
             )
         self.a_min = jnp.asarray(a_min, dtype)
         self.a_max = jnp.asarray(a_max, dtype)
@@ -412,7 +470,7 @@ class HouseholdSolution(eqx.Module):
     steps: Int[Array, ""]
     hjb_residual: Scalar
     kfe_residual: Scalar
-    result: optx.RESULTS
+    result: RESULTS
 
     @property
     def step(self) -> Scalar:
@@ -439,6 +497,29 @@ class HouseholdSolution(eqx.Module):
     def wealth_distribution(self) -> Float[Array, " N"]:
         """The probability of each wealth grid point, summed over income states."""
         return jnp.sum(self.density, axis=1) * self.step
+
+    @property
+    def report(self) -> Report:
+        """The solve as a [`jaxdeq.Report`][]: `result`, `num_steps` (Newton steps
+        of the HJB scheme), `abs_residual` (`hjb_residual`, the max-norm residual of
+        the scheme at the returned $V$), and `extra["kfe_residual"]`."""
+        return _report(
+            self.result, self.steps, self.hjb_residual, kfe=self.kfe_residual
+        )
+
+
+def _report(result, steps, abs_residual, **extra) -> Report:
+    abs_residual = jnp.asarray(abs_residual)
+    nan = jnp.full(abs_residual.shape, jnp.nan, abs_residual.dtype)
+    return Report(
+        result=result,
+        num_steps=jnp.asarray(steps),
+        num_fn_evals=jnp.full(abs_residual.shape, -1, jnp.int32),
+        abs_residual=abs_residual,
+        rel_residual=nan,
+        residual_trace=jnp.full(abs_residual.shape + (TRACE_SIZE,), jnp.nan),
+        extra={k + "_residual" if k == "kfe" else k: v for k, v in extra.items()},
+    )
 
 
 def _default_rtol(dtype) -> float:
@@ -479,7 +560,7 @@ def _solve_household(household, prices, v0, delta, rtol, atol, max_steps):
         steps=sol.stats["num_steps"],
         hjb_residual=jax.lax.stop_gradient(residual),
         kfe_residual=jax.lax.stop_gradient(kfe),
-        result=sol.result,
+        result=as_results(sol.result),
     )
 
 
@@ -538,8 +619,11 @@ def solve_household(
     dtype = jnp.result_type(v0)
     if rtol is None:
         rtol = _default_rtol(dtype)
+    max_steps = _as_int("max_steps", max_steps)
+    if max_steps < 1:
+        raise ValueError(f"`max_steps` must be at least 1, got {max_steps}.")
     sol = _solve_household(
-        household, prices, v0, float(delta), float(rtol), float(atol), int(max_steps)
+        household, prices, v0, float(delta), float(rtol), float(atol), max_steps
     )
     if throw:
         sol = eqx.tree_at(
@@ -547,7 +631,7 @@ def solve_household(
             sol,
             eqx.error_if(
                 sol.v,
-                sol.result != optx.RESULTS.successful,
+                sol.result != RESULTS.successful,
                 "solve_household: the upwind iteration did not converge (max_steps "
                 "reached, divergence or NaN). Try a smaller `delta`, more "
                 "`max_steps`, or check the parameters (r < rho, positive income).",

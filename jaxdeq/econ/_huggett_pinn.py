@@ -720,7 +720,7 @@ def solve_huggett_pinn(
         mlp,
         replace_fn=jnp.zeros_like,
     )
-    cdf = tuple(
+    cdf1, cdf2 = (
         ShapeConstrainedNetwork(
             [0.0], [1.0], width=cdf_width, depth=cdf_depth, concave=False, key=k
         )
@@ -728,7 +728,7 @@ def solve_huggett_pinn(
     )
     unk = _Unknowns(
         value=mlp,
-        cdf=cdf,
+        cdf=(cdf1, cdf2),
         r_raw=jnp.zeros((), dtype),
         top=jnp.asarray(econ.a_max, dtype),
         edge_speed=jnp.ones((), dtype),
@@ -780,7 +780,8 @@ def solve_huggett_pinn(
     def stage_progress(stage):
         if progress is None:
             return None
-        return lambda info: progress({**info, "stage": stage})
+        report = progress
+        return lambda info: report({**info, "stage": stage})
 
     def solve_at(r, tag):
         """Value, then distribution (on the support the value network gives),
@@ -935,6 +936,7 @@ def solve_huggett_pinn(
             if step * -s_b <= 0:
                 step = initial_step if s_b < 0 else -initial_step
             r = min(r_b + step, (r_b + float(rho)) / 2)
+    assert best is not None  # clearing_iterations >= 1
     unk = best[0]
     loss, terms = loss_fixed_r(unk)
     excess = _excess_supply(econ, unk, nodes, weights)

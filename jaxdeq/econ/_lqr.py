@@ -8,10 +8,10 @@ import jax.random as jr
 import numpy as np
 
 from ..pinn import HJB, QuasiRandomSampler, ValueNetwork
-from ._hjb import AbstractHJBModel
+from ._hjb import AbstractClosedFormHJBModel
 
 
-class LQR(AbstractHJBModel):
+class LQR(AbstractClosedFormHJBModel):
     r"""A discounted linear–quadratic regulator in $d$ dimensions:
 
     $$\rho V(x) = \max_u \; -x^\top Q x - u^\top R u + \nabla V^\top (A x + B u)
@@ -137,6 +137,11 @@ class LQR(AbstractHJBModel):
 
     def policies(self, value_fn, z):
         return {"control": self.hjb().controls(value_fn, z)}
+
+    @property
+    def has_closed_form(self) -> bool:
+        """Always: the Riccati solution."""
+        return True
 
     def value_true(self, z):
         P = jnp.asarray(self.riccati())

@@ -8,13 +8,13 @@ import numpy as np
 from ..pinn import HJB, ValueNetwork
 from ._hjb import (
     _log_uniform_and_uniform,
-    AbstractHJBModel,
+    AbstractClosedFormHJBModel,
     crra,
     positive_marginal_value,
 )
 
 
-class Merton(AbstractHJBModel):
+class Merton(AbstractClosedFormHJBModel):
     r"""Merton's problem: wealth $W$ is split between a safe asset (return $r$)
     and risky assets with mean excess returns $\mu - r$ and covariance
     $\Sigma$; the investor consumes at rate $c$:
@@ -125,7 +125,8 @@ class Merton(AbstractHJBModel):
         """The marginal propensity to consume of the infinite-horizon problem."""
         theta = self.excess @ np.linalg.solve(self.covariance, self.excess)
         g = self.gamma
-        return self.rho / g - (1 - g) * (theta / (2 * g**2) + self.r / g)
+        # NumPy types the product of two vectors as an array; it is a scalar.
+        return self.rho / g - (1 - g) * (theta / (2 * g**2) + self.r / g)  # pyright: ignore[reportReturnType]
 
     def hjb(self) -> HJB:
         sigma_inv_excess = jnp.asarray(np.linalg.solve(self.covariance, self.excess))
@@ -166,7 +167,7 @@ class Merton(AbstractHJBModel):
     def value_network(self, key, width, depth):
         g = self.gamma
         if self.horizon is None:
-            transform = lambda W, n: crra(W[0], g) * jnp.exp(n) / self.rho  # noqa: E731
+            transform = lambda z, n: crra(z[0], g) * jnp.exp(n) / self.rho  # noqa: E731
             return ValueNetwork(
                 [0.0],
                 [self.train_max],
@@ -221,6 +222,11 @@ class Merton(AbstractHJBModel):
             return nu ** (-g)
         decay = jnp.exp(-nu * (self.horizon - t))
         return ((1 + (nu * self.bequest - 1) * decay) / nu) ** g
+
+    @property
+    def has_closed_form(self) -> bool:
+        """Always, with or without a horizon."""
+        return True
 
     def value_true(self, z):
         if self.horizon is None:

@@ -1,3 +1,5 @@
+import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -14,6 +16,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
 from .._adjoint import ImplicitAdjoint
 from .._deq import fixed_point
 from .._misc import check_positive_int
+from .._solution import first_failure, Report
 from .._solver.anderson import Anderson
 from ._network import AbstractEnergyNetwork
 
@@ -147,7 +150,7 @@ def nudged_phase(
     model: AbstractEnergyNetwork,
     x: Array,
     y: Array,
-    beta: complex,
+    beta: complex | Array,
     s0: PyTree[Array],
     *,
     cost: Callable[[Array, Array], Scalar] = squared_error,
@@ -223,7 +226,14 @@ def _nudges(estimator, beta, num_nudges, dtype):
 
 
 class EPStats(eqx.Module):
-    """Diagnostics of one equilibrium-propagation gradient estimate.
+    """Deprecated: [`jaxdeq.ep.ep_gradient`][] now returns a [`jaxdeq.Report`][].
+
+    Kept importable for one release; constructing one warns. The fields map to the
+    report as `loss` -> `report.extra["loss"]`, `prediction` ->
+    `report.extra["prediction"]`, `free_steps`, `free_residual` ->
+    `report.num_steps`, `report.rel_residual` (the free phase's), and
+    `nudged_steps`, `nudged_residual` -> `report.extra["nudged"].num_steps`,
+    `.rel_residual`.
 
     **Fields:**
 
@@ -241,6 +251,16 @@ class EPStats(eqx.Module):
     nudged_residual: Array
     prediction: Array
 
+    def __check_init__(self):
+        warnings.warn(
+            "jaxdeq.ep.EPStats is deprecated: ep_gradient returns a jaxdeq.Report; "
+            "read `report.num_steps`, `report.rel_residual` (free phase), "
+            "`report.extra['nudged']`, `report.extra['loss']` and "
+            "`report.extra['prediction']`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+
 
 def ep_gradient(
     model: AbstractEnergyNetwork,
@@ -255,7 +275,7 @@ def ep_gradient(
     solver: optx.AbstractFixedPointSolver | None = None,
     max_steps: int = 256,
     throw: bool = True,
-) -> tuple[PyTree, EPStats]:
+) -> tuple[PyTree, Report]:
     r"""The equilibrium-propagation estimate of $\partial L / \partial \theta$, with
     $L = C(\text{output}(s^0), y)$ at the free fixed point $s^0$.
 
@@ -289,19 +309,31 @@ def ep_gradient(
     - `estimator`, `num_nudges`, `form`: as above; `num_nudges` is used by
         `"holomorphic"` only and must be at least 2.
     - `cost`: `cost(prediction, target) -> scalar`.
-    - `solver`, `max_steps`, `throw`: for every relaxation, as in
+    - `solver`, `max_steps`: for every relaxation, as in
         [`jaxdeq.ep.free_phase`][].
+    - `throw`: raise if any relaxation fails (default `True`, as optimistix's
+        functions do); with `False` the failure is only reported.
 
     **Returns:**
 
-    `(grads, stats)`: `grads` has the structure of `model` (as from
+    `(grads, report)`: `grads` has the structure of `model` (as from
     `equinox.filter_grad`: arrays for its floating-point leaves), to pass to optax;
-    `stats` is a [`jaxdeq.ep.EPStats`][].
+    `report` is a [`jaxdeq.Report`][]: the free phase's (`num_steps`,
+    `num_fn_evals`, residuals and trace of the free relaxation), except that its
+    `result` is a failure if any phase failed (the free phase's own, else the first
+    failing nudge's). `report.extra` holds `"free"` (the free phase's own
+    report), `"nudged"` (the nudged phases' reports, one `jaxdeq.Report` whose
+    fields have a leading axis of length `len(nudges)`: 1 for `"one_sided"`, 2 for
+    `"symmetric"`, `num_nudges` for `"holomorphic"`), `"loss"` (the cost at the free
+    fixed point) and `"prediction"` (the output there). Under `jax.vmap`, every
+    field gets the batch axis first.
 
     **Raises:**
 
     `ValueError` for a non-positive `beta`, an unknown estimator or form,
-    `num_nudges < 2`, or `form="energy"` on a model without an energy.
+    `num_nudges < 2`, or `form="energy"` on a model without an energy. With
+    `throw=True`, a runtime error carrying the result's message when a relaxation
+    fails.
 
     ??? cite "References"
 
@@ -363,7 +395,7 @@ def ep_gradient(
 def _ep_gradient(
     model, x, y, beta, estimator, num_nudges, form, cost, solver, max_steps, throw
 ):
-    free = free_phase(model, x, solver=solver, max_steps=max_steps, throw=throw)
+    free = free_phase(model, x, solver=solver, max_steps=max_steps, throw=False)
     s_free = lax.stop_gradient(free.value)
     dtype = jnp.result_type(jtu.tree_leaves(s_free)[0])
     points, weights = _nudges(estimator, beta, num_nudges, dtype)
@@ -377,7 +409,7 @@ def _ep_gradient(
             cost=cost,
             solver=solver,
             max_steps=max_steps,
-            throw=throw,
+            throw=False,
         )
         for b in points
     ]
@@ -413,15 +445,29 @@ def _ep_gradient(
         return c(m, s_free) - inner
 
     grads = eqx.filter_grad(surrogate)(model)
-    stats = EPStats(
-        loss=c(model, s_free),
-        free_steps=free.stats["num_steps"],
-        free_residual=free.stats["rel_residual"],
-        nudged_steps=jnp.stack([sol.stats["num_steps"] for sol in nudged]),
-        nudged_residual=jnp.stack([sol.stats["rel_residual"] for sol in nudged]),
-        prediction=model.output(s_free),
+    free_report = Report.from_solution(free)
+    nudged_report = jtu.tree_map(
+        lambda *leaves: jnp.stack(leaves),
+        *[Report.from_solution(sol) for sol in nudged],
     )
-    return grads, stats
+    results = jtu.tree_map(
+        lambda a, b: jnp.concatenate([a[None], b]),
+        free_report.result,
+        nudged_report.result,
+    )
+    report = dataclasses.replace(
+        free_report,
+        result=first_failure(results),
+        extra={
+            "free": free_report,
+            "nudged": nudged_report,
+            "loss": c(model, s_free),
+            "prediction": model.output(s_free),
+        },
+    )
+    if throw:
+        grads = report.result.error_if(grads, ~report.successful)
+    return grads, report
 
 
 def implicit_gradient(

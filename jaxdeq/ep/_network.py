@@ -264,7 +264,7 @@ class LayeredNetwork(AbstractEnergyNetwork):
         potential = _ACTIVATIONS[self.activation][2]
         dtype = s[0].dtype
         below = (x.astype(dtype),) + tuple(s[:-1])
-        value = sum(jnp.sum(potential(sk)) for sk in s)
+        value = jnp.asarray(sum(jnp.sum(potential(sk)) for sk in s))
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
             value = value - s[k] @ (w.astype(dtype) @ below[k]) - b.astype(dtype) @ s[k]
         return value

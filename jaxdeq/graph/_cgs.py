@@ -10,7 +10,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._adjoint import ImplicitAdjoint
 from .._deq import fixed_point
-from .._misc import check_positive_int
+from .._misc import bookkeeping_dtype, check_positive_int
+from .._solution import as_results, first_failure, Report, TRACE_SIZE
 from .._solver.anderson import Anderson
 from ._graphs import Graph
 
@@ -66,6 +67,11 @@ class ConvergentGraphSolver(eqx.Module):
     differentiation either way (no backpropagation through iterations). An MLP
     decodes $[H^*_i, x_i]$ to node outputs, optionally pooled to a graph output.
 
+    Called on one graph, `out, report = model(graph)`; `jax.vmap` it over a
+    stacked batch. `report` is a [`jaxdeq.Report`][] of the solve for $H^*$
+    (see [`jaxdeq.graph.ConvergentGraphSolver.solve`][]); a solve that fails is
+    reported there, and raises only with `throw=True`.
+
     ??? cite "References"
 
         ```bibtex
@@ -91,6 +97,7 @@ class ConvergentGraphSolver(eqx.Module):
     method: str = eqx.field(static=True)
     readout: str = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
+    throw: bool = eqx.field(static=True)
     node_features: int = eqx.field(static=True)
     edge_features: int = eqx.field(static=True)
 
@@ -104,7 +111,7 @@ class ConvergentGraphSolver(eqx.Module):
         edge_features: int = 0,
         gamma: float = 0.5,
         activation: Literal["identity", "tanh"] = "identity",
-        normalisation: Literal["degree", "rows"] = "degree",
+        normalisation: Literal["degree", "rows", "columns"] = "degree",
         method: Literal["auto", "linear_solve", "iterate"] = "auto",
         readout: Literal["node", "mean", "sum"] = "node",
         width: int = 64,
@@ -112,6 +119,7 @@ class ConvergentGraphSolver(eqx.Module):
         solver: optx.AbstractFixedPointSolver | None = None,
         adjoint: optx.AbstractAdjoint | None = None,
         max_steps: int = 256,
+        throw: bool = False,
         dtype=None,
         key: PRNGKeyArray,
     ):
@@ -133,6 +141,8 @@ class ConvergentGraphSolver(eqx.Module):
         - `solver`, `adjoint`, `max_steps`: for `method="iterate"`; default
             `jaxdeq.Anderson(rtol=1e-6, atol=1e-8)` and
             [`jaxdeq.ImplicitAdjoint`][].
+        - `throw`: whether a failed solve raises (default `False`: the failure is
+            reported per graph in `report.result` and training goes on).
         - `dtype`: of the parameters.
         - `key`: PRNG key.
 
@@ -166,6 +176,8 @@ class ConvergentGraphSolver(eqx.Module):
         ):
             check_positive_int(name, label, value)
         check_positive_int(name, "edge_features", edge_features, minimum=0)
+        if not isinstance(throw, bool):
+            raise TypeError(f"{name}: `throw` must be a bool, got {throw!r}.")
         if hidden % heads:
             raise ValueError(
                 f"{name}: `heads` ({heads}) must divide `hidden` ({hidden})."
@@ -195,6 +207,7 @@ class ConvergentGraphSolver(eqx.Module):
         self.method = method
         self.readout = readout
         self.max_steps = max_steps
+        self.throw = throw
         self.node_features = node_features
         self.edge_features = edge_features
 
@@ -254,9 +267,31 @@ class ConvergentGraphSolver(eqx.Module):
         agg = _segment_sum(messages, graph.receivers, n).reshape(n, self.hidden)
         return self.gamma * agg + b
 
-    def solve(self, graph: Graph) -> tuple[Float[Array, "n hidden"], dict[str, Array]]:
-        """The fixed point $H^*$ and diagnostics: `num_steps` (0 for a linear
-        solve) and `rel_residual` $\\|T(H^*) - H^*\\| / \\|T(H^*)\\|$."""
+    def solve(self, graph: Graph) -> tuple[Float[Array, "n hidden"], Report]:
+        r"""The fixed point $H^*$ of one graph and the report of its solve.
+
+        **Arguments:**
+
+        - `graph`: one [`jaxdeq.graph.Graph`][] (`jax.vmap` over a stacked batch).
+
+        **Returns:**
+
+        `(h, report)`: $H^*$, shape `(n, hidden)`, and a [`jaxdeq.Report`][]:
+
+        - linear solve: `result` is the lineax solves' (lifted; `successful` unless
+            one of them failed, e.g. returned a non-finite value), `num_steps` 0,
+            `num_fn_evals` 1 (the map evaluated once for the residual), and the
+            residual $\|T(H^*) - H^*\|_2$ and $\|T(H^*) - H^*\|_2 /
+            \|T(H^*)\|_2$ of the value returned;
+        - iteration: the report of [`jaxdeq.fixed_point`][] (residuals in the
+            solver's norm, the residual trace, `RESULTS.fixed_point_max_steps_reached`
+            when `max_steps` ran out).
+
+        **Raises:**
+
+        With `throw=True`, a runtime error carrying the result's message when the
+        solve fails.
+        """
         weights = self.edge_weights(graph)
         b = self.bias(graph)
         method = self.method
@@ -269,19 +304,30 @@ class ConvergentGraphSolver(eqx.Module):
 
             def per_head(a_h, b_h):
                 op = lx.MatrixLinearOperator(eye - self.gamma * a_h)
-                return jax.vmap(
-                    lambda col: lx.linear_solve(op, col, lx.LU()).value,
-                    in_axes=1,
-                    out_axes=1,
-                )(b_h)
+
+                def column(col):
+                    sol = lx.linear_solve(op, col, lx.LU(), throw=False)
+                    return sol.value, sol.result
+
+                return jax.vmap(column, in_axes=1, out_axes=(1, 0))(b_h)
 
             heads_b = b.reshape(n, self.heads, k).transpose(1, 0, 2)
-            h = (
-                jax.vmap(per_head)(a, heads_b)
-                .transpose(1, 0, 2)
-                .reshape(n, self.hidden)
+            h, results = jax.vmap(per_head)(a, heads_b)
+            h = h.transpose(1, 0, 2).reshape(n, self.hidden)
+            image = self._map(h, weights, b, graph)
+            dtype = bookkeeping_dtype(h)
+            abs_residual = jnp.linalg.norm(image - h).astype(dtype)
+            rel_residual = abs_residual / jnp.maximum(
+                jnp.linalg.norm(image).astype(dtype), jnp.finfo(dtype).tiny
             )
-            steps = jnp.zeros((), jnp.int32)
+            report = Report(
+                result=first_failure(as_results(results)),
+                num_steps=jnp.zeros((), jnp.int32),
+                num_fn_evals=jnp.ones((), jnp.int32),
+                abs_residual=abs_residual,
+                rel_residual=rel_residual,
+                residual_trace=jnp.full((TRACE_SIZE,), jnp.nan, dtype),
+            )
         else:
             sol = fixed_point(
                 _iterate,
@@ -290,23 +336,23 @@ class ConvergentGraphSolver(eqx.Module):
                 (self, weights, b, graph),
                 max_steps=self.max_steps,
                 adjoint=self.adjoint,
+                throw=False,
             )
-            h, steps = sol.value, jnp.asarray(sol.stats["num_steps"], jnp.int32)
-        image = self._map(h, weights, b, graph)
-        residual = jnp.linalg.norm(image - h) / jnp.maximum(
-            jnp.linalg.norm(image), jnp.finfo(h.dtype).tiny
-        )
-        return h, {"num_steps": steps, "rel_residual": residual}
+            h, report = sol.value, Report.from_solution(sol)
+        if self.throw:
+            h = report.result.error_if(h, ~report.successful)
+        return h, report
 
-    def __call__(self, graph: Graph) -> Array:
+    def __call__(self, graph: Graph) -> tuple[Array, Report]:
         """Outputs per node `(n, out_size)` (zero at padding nodes), or per graph
-        `(out_size,)` with `readout="mean"`/`"sum"`."""
-        h, _ = self.solve(graph)
+        `(out_size,)` with `readout="mean"`/`"sum"`, and the [`jaxdeq.Report`][] of
+        the solve (see [`jaxdeq.graph.ConvergentGraphSolver.solve`][])."""
+        h, report = self.solve(graph)
         out = jax.vmap(self.decoder)(jnp.concatenate([h, graph.nodes], axis=-1))
         out = jnp.where(graph.node_mask[:, None], out, 0)
         if self.readout == "node":
-            return out
+            return out, report
         total = jnp.sum(out, axis=0)
-        if self.readout == "sum":
-            return total
-        return total / jnp.maximum(jnp.sum(graph.node_mask), 1).astype(out.dtype)
+        if self.readout != "sum":
+            total = total / jnp.maximum(jnp.sum(graph.node_mask), 1).astype(out.dtype)
+        return total, report

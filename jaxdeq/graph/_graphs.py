@@ -104,7 +104,7 @@ def graph(
         and np.issubdtype(receivers.dtype, np.integer)
     ):
         raise ValueError("graph: `senders` and `receivers` must be integer indices.")
-    n, e = nodes.shape[0], senders.shape[0]
+    n, e = int(nodes.shape[0]), int(senders.shape[0])
     if senders.size and (
         min(senders.min(), receivers.min()) < 0
         or max(senders.max(), receivers.max()) >= n

@@ -353,7 +353,8 @@ class GroupSoftmax(AbstractProx):
                     f"{jnp.result_type(self.observed)} and shape "
                     f"{jnp.shape(self.observed)}."
                 )
-            if jnp.shape(self.values) != (self.size,) or not jnp.issubdtype(
+            # `values` may be None here: its shape () is rejected with the rest.
+            if jnp.shape(self.values) != (self.size,) or not jnp.issubdtype(  # pyright: ignore[reportArgumentType]
                 jnp.result_type(self.values), jnp.floating
             ):
                 raise ValueError(
@@ -361,7 +362,7 @@ class GroupSoftmax(AbstractProx):
                     f"({self.size},), the whole state with one-hot entries in the "
                     f"observed groups (anything elsewhere); got dtype "
                     f"{jnp.result_type(self.values)} and shape "
-                    f"{jnp.shape(self.values)}."
+                    f"{jnp.shape(self.values)}."  # pyright: ignore[reportArgumentType]
                 )
 
     @property

@@ -486,12 +486,12 @@ class MonotoneConv(AbstractMonotoneLinear):
         """$I - \\hat W(\\omega)$ formed once per frequency: each product is then one
         small matrix per frequency instead of four."""
         return _ConvSpectrum(
-            self._identity_minus_w(),
-            self.margin,
-            self.channels,
-            self.height,
-            self.width,
-            self.kernel_a.dtype,
+            blocks=self._identity_minus_w(),
+            margin=self.margin,
+            channels=self.channels,
+            height=self.height,
+            width=self.width,
+            dtype=self.kernel_a.dtype,
         )
 
 
@@ -607,7 +607,7 @@ class _MultiConvResolvent(AbstractResolvent):
             y = bs[i] - self._native(i, _apply(lower[i - 1], prev))
             ys.append(_apply(inverses[i], y) if transpose else y)
         # Backward: solve U x = y (or L^H x = y).
-        xs = [None] * num
+        xs: list[Any] = [None] * num
         xs[-1] = ys[-1] if transpose else _apply(inverses[-1], ys[-1])
         for i in range(num - 2, -1, -1):
             coupling = _apply(_hermitian(lower[i]), self._unnative(i + 1, xs[i + 1]))

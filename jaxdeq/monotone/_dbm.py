@@ -10,11 +10,11 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .._adjoint_splitting import SplittingAdjoint
 from .._misc import check_margin, check_positive_int
-from .._solution import BackwardStats
+from .._solution import BackwardStats, Report
 from .._solver._monotone_problem import AbstractMonotoneLinear, MonotoneProblem
 from .._solver.splitting import PeacemanRachford
 from ._categorical import _as_groups, _blocks, GroupSoftmax
-from ._dense import DenseMatrix
+from ._dense import _wide, DenseMatrix
 from ._solve import solve
 
 
@@ -152,7 +152,9 @@ class MonotoneDBM(eqx.Module):
             stop = start + count * size
             a = self.A[:, start:stop].reshape(self.A.shape[0], count, size)
             a = jnp.moveaxis(a, 1, 0)  # (count, rank, size)
-            block_norm = jnp.maximum(block_norm, jnp.max(jnp.linalg.norm(a, 2, (1, 2))))
+            # The spectral norm is bookkeeping: at least float32 (no LAPACK bfloat16).
+            spectral = jnp.linalg.norm(_wide(a), 2, (1, 2)).astype(gram.dtype)
+            block_norm = jnp.maximum(block_norm, jnp.max(spectral))
         ids = GroupSoftmax(self.groups).group_ids
         mask = ids[:, None] == ids[None, :]
         s = jnp.minimum(1, (1 - self.margin) / jnp.maximum(block_norm**2, 1e-30))
@@ -160,7 +162,7 @@ class MonotoneDBM(eqx.Module):
 
     def operator(self) -> AbstractMonotoneLinear:
         """$W$ as a monotone operator (margin $m$)."""
-        return DenseMatrix(self.coupling(), self.margin)
+        return DenseMatrix(matrix=self.coupling(), margin=self.margin)
 
     def problem(
         self,
@@ -178,7 +180,7 @@ class MonotoneDBM(eqx.Module):
         *,
         backward_stats: BackwardStats | None = None,
         key: Any = None,
-    ) -> tuple[Float[Array, " n"], optx.Solution]:
+    ) -> tuple[Float[Array, " n"], Report]:
         """Mean-field marginals of one sample, given the observed groups.
 
         **Arguments:**
@@ -192,8 +194,8 @@ class MonotoneDBM(eqx.Module):
 
         **Returns:**
 
-        `(q, sol)`: the marginals (each group's part sums to one; observed groups
-        equal their values) and the solution with diagnostics in `sol.stats`.
+        `(q, report)`: the marginals (each group's part sums to one; observed
+        groups equal their values) and the solve's [`jaxdeq.Report`][].
         """
         del key
         if (values is None) != (observed is None):
@@ -211,10 +213,7 @@ class MonotoneDBM(eqx.Module):
             throw=self.throw,
             backward_stats=backward_stats,
         )
-        sol = optx.Solution(
-            value=sol.value, result=sol.result, aux=sol.aux, stats=sol.stats, state=None
-        )
-        return sol.value, sol
+        return sol.value, Report.from_solution(sol)
 
     def log_potential(self, x: Float[Array, " n"]) -> Float[Array, ""]:
         r"""$\tfrac12 x^\top W x + b^\top x$ of a one-hot configuration $x$ (the

@@ -26,7 +26,14 @@ class _DenseResolvent(AbstractResolvent):
         return self.inverse.T.astype(z.dtype) @ z
 
 
+def _wide(x: Array) -> Array:
+    """`x` in at least float32: LAPACK has no bfloat16 or float16 kernels, and the
+    factorisations are bookkeeping, which runs in at least float32."""
+    return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+
+
 def dense_resolvent(alpha, i_minus_w: Array) -> _DenseResolvent:
+    i_minus_w = _wide(i_minus_w)
     alpha = jnp.asarray(alpha, i_minus_w.dtype)
     eye = jnp.eye(i_minus_w.shape[0], dtype=i_minus_w.dtype)
     return _DenseResolvent(alpha, jnp.linalg.inv(eye + alpha * i_minus_w))
@@ -115,14 +122,14 @@ class MonotoneLinear(AbstractMonotoneLinear):
         return dense_resolvent(alpha, self._i_minus_w())
 
     def lipschitz(self):
-        return jnp.linalg.norm(self._i_minus_w(), ord=2)
+        return jnp.linalg.norm(_wide(self._i_minus_w()), ord=2)
 
     def as_matrix(self):
         return jnp.eye(self.B.shape[0], dtype=self.B.dtype) - self._i_minus_w()
 
     def prepare(self):
         """$W$ formed once as a matrix: one product per application."""
-        return DenseMatrix(self.as_matrix(), self.margin)
+        return DenseMatrix(matrix=self.as_matrix(), margin=self.margin)
 
 
 MonotoneLinear.__init__.__doc__ = r"""**Arguments:**
@@ -163,7 +170,7 @@ class DenseMatrix(AbstractMonotoneLinear):
         return dense_resolvent(alpha, self._i_minus_w())
 
     def lipschitz(self):
-        return jnp.linalg.norm(self._i_minus_w(), ord=2)
+        return jnp.linalg.norm(_wide(self._i_minus_w()), ord=2)
 
     def as_matrix(self):
         return self.matrix

@@ -7,7 +7,7 @@ from jaxtyping import Array, PyTree
 
 from .._adjoint_splitting import SplittingAdjoint
 from .._misc import check_positive_int
-from .._solution import BackwardStats
+from .._solution import BackwardStats, deprecated_z0, Report
 from .._solver._monotone_problem import (
     AbstractMonotoneLinear,
     AbstractProx,
@@ -89,42 +89,42 @@ class MonDEQ(eqx.Module):
     def __call__(
         self,
         x: PyTree[Array],
-        z0: PyTree[Array] | None = None,
+        y0: PyTree[Array] | None = None,
         *,
         backward_stats: BackwardStats | None = None,
         key: Any = None,
-    ) -> tuple[PyTree[Array], optx.Solution]:
+        z0: PyTree[Array] | None = None,
+    ) -> tuple[PyTree[Array], Report]:
         """Solve for the equilibrium of one sample.
 
         **Arguments:**
 
         - `x`: the input of one sample.
-        - `z0`: optional warm start (zeros by default).
+        - `y0`: optional warm start (zeros by default). (`z0=` is its deprecated
+            name.)
         - `backward_stats`: optional [`jaxdeq.BackwardStats`][] probe.
         - `key`: unused; accepted for compatibility with `eqx.nn.Sequential`.
 
         **Returns:**
 
-        `(z_star, sol)`, as for [`jaxdeq.DEQ`][] (the solver state is dropped; the
-        step size used is in `sol.stats["alpha"]` for the splitting solvers).
+        `(z_star, report)`, as for [`jaxdeq.DEQ`][]; for the splitting solvers the
+        step size used is in `report.extra["alpha"]`.
         """
         del key
+        y0 = deprecated_z0("MonDEQ", y0, z0)
         sol = solve(
             self.problem(x),
             self.solver,
-            z0,
+            y0,
             max_steps=self.max_steps,
             adjoint=self.adjoint,
             throw=self.throw,
             backward_stats=backward_stats,
         )
-        stats = dict(sol.stats)
+        extra = {}
         if hasattr(sol.state, "alpha"):
-            stats["alpha"] = sol.state.alpha
-        sol = optx.Solution(
-            value=sol.value, result=sol.result, aux=sol.aux, stats=stats, state=None
-        )
-        return sol.value, sol
+            extra["alpha"] = sol.state.alpha
+        return sol.value, Report.from_solution(sol, **extra)
 
 
 MonDEQ.__init__.__doc__ = r"""**Arguments:**

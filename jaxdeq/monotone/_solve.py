@@ -1,6 +1,7 @@
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
@@ -81,6 +82,8 @@ def solve(
 
     The [`optimistix.Solution`][] of [`jaxdeq.fixed_point`][], with diagnostics in
     `sol.stats` and, for the splitting solvers, the step size in `sol.state.alpha`.
+    (The layer [`jaxdeq.monotone.MonDEQ`][] returns them as a [`jaxdeq.Report`][]
+    instead, the step size in `report.extra["alpha"]`.)
 
     **Raises:**
 
@@ -104,7 +107,7 @@ def solve(
         )
     check_step_size(problem, solver)
     problem = MonotoneProblem(problem.operator.prepare(), problem.prox, problem.bias)
-    options = {"problem": problem}
+    options: dict[str, Any] = {"problem": problem}
     if isinstance(solver, PeacemanRachford):
         options["resolvent"] = problem.operator.resolvent(solver.step_size(problem))
     return fixed_point(

@@ -13,13 +13,15 @@ from .._solver.splitting import (
     ForwardBackward,
     PeacemanRachford,
 )
+from ._dbm import MonotoneDBM
+from ._mondeq import MonDEQ
 
 
 def tune_step_size(
-    model: eqx.Module,
+    model: MonDEQ | MonotoneDBM,
     *inputs: PyTree[Array],
     factors: tuple[float, ...] = (0.5, 1.0, 2.0),
-) -> tuple[eqx.Module, dict[str, Any]]:
+) -> tuple[MonDEQ | MonotoneDBM, dict[str, Any]]:
     r"""Pick the splitting step size that needs the fewest iterations on a batch.
 
     The convergence speed of Peaceman–Rachford depends on $\alpha$ and the best
@@ -35,7 +37,7 @@ def tune_step_size(
 
     - `model`: a [`jaxdeq.monotone.MonDEQ`][] or [`jaxdeq.monotone.MonotoneDBM`][]
         (anything with a `solver` field, a `problem(*sample)` method and a per-sample
-        `__call__` returning `(value, sol)`).
+        `__call__` returning `(value, report)` with a [`jaxdeq.Report`][]).
     - `inputs`: a batch of inputs, as passed to `jax.vmap(model)`.
     - `factors`: the multipliers of the current step to try.
 
@@ -63,17 +65,17 @@ def tune_step_size(
     else:
         cap = float(forward_backward_bound(problem))
         base = cap / 2 if solver.alpha is None else solver.alpha
-    report = {}
+    report: dict[float, float] = {}
     for factor in factors:
         alpha = min(base * factor, cap)
         candidate = eqx.tree_at(
             lambda m: m.solver, model, dataclasses.replace(solver, alpha=alpha)
         )
-        _, sol = eqx.filter_jit(jax.vmap(candidate))(*inputs)
-        ok = sol.result == RESULTS.successful
-        steps = jnp.where(ok, sol.stats["num_steps"], model.max_steps)
+        _, solve_report = eqx.filter_jit(jax.vmap(candidate))(*inputs)
+        ok = solve_report.result == RESULTS.successful
+        steps = jnp.where(ok, solve_report.num_steps, model.max_steps)
         report[alpha] = float(jnp.mean(steps))
-    best = min(report, key=report.get)
+    best = min(report, key=report.__getitem__)
     tuned = eqx.tree_at(
         lambda m: m.solver, model, dataclasses.replace(solver, alpha=best)
     )

@@ -1,4 +1,5 @@
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -10,13 +11,16 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._misc import check_positive_int
+from .._solution import Report
 from ._neural_ode import (
     _to_optional_float,
     check_ode_config,
     check_vector_field,
     NeuralODE,
 )
-from ._stats import ODEStats
+
+
+_MISSING = object()
 
 
 class ConcatField(eqx.Module):
@@ -156,15 +160,23 @@ class HomoODE(eqx.Module):
         `momentum` on $\tfrac12 \|z_0 - \bar z^*\|^2$, the fit the authors make
         with a separate optimiser every few iterations.
 
-    Called on one sample, `(z1, stats) = model(x)`; `jax.vmap` it over a batch.
-    Built on [`jaxdeq.ode.NeuralODE`][] with $t \in [0, 1]$ and `args = x`.
+    Called on one sample, `(z1, report) = model(x)`; `jax.vmap` it over a batch.
+    Built on [`jaxdeq.ode.NeuralODE`][] with $t \in [0, 1]$ and `args = x`, and
+    reports the same way: a [`jaxdeq.Report`][] with the exact number of
+    evaluations of $F_\theta$ in `num_fn_evals`, NaN residuals (the path has a
+    fixed end, $t = 1$, not a residual) and `t_final`, `num_accepted_steps`,
+    `num_rejected_steps`, `diffrax_result` in `extra`.
+
+    **Per-call start.** `model(x, y0)` starts one solve from `y0` instead of the
+    shared `initial_point` (the field keeps its name: it is a learnt parameter, not
+    a per-call value; `y0` is optimistix's and diffrax's name for the latter).
 
     !!! Example
 
         ```python
         field = jaxdeq.ode.ConcatField(state_size=16, input_size=8, width=64, key=k1)
         model = jaxdeq.ode.HomoODE(field, initial_point=jnp.zeros(16))
-        z, stats = jax.vmap(model)(x)            # x: (batch, 8) -> z: (batch, 16)
+        z, report = jax.vmap(model)(x)           # x: (batch, 8) -> z: (batch, 16)
         # ... gradient step on a loss of z ...
         model = model.update_initial_point(z)    # fit z0 to this batch's solutions
         ```
@@ -244,39 +256,58 @@ class HomoODE(eqx.Module):
             throw=self.throw,
         )
 
-    def _start(self, z0):
-        if z0 is None:
-            return self.initial_point
-        if jnp.shape(z0) != jnp.shape(self.initial_point):
-            raise ValueError(
-                f"HomoODE: `z0` must have the shape of `initial_point`, "
-                f"{jnp.shape(self.initial_point)}; got {jnp.shape(z0)}."
+    def _start(self, y0, z0):
+        if z0 is not _MISSING:
+            warnings.warn(
+                "HomoODE: the keyword `z0=` is deprecated; pass the start as `y0=` "
+                "(or positionally, `model(x, y0)`).",
+                DeprecationWarning,
+                stacklevel=3,
             )
-        return z0
+            if y0 is not None:
+                raise TypeError("HomoODE: pass the start as `y0` only, not also `z0`.")
+            y0 = z0
+        if y0 is None:
+            return self.initial_point
+        if jnp.shape(y0) != jnp.shape(self.initial_point):
+            raise ValueError(
+                f"HomoODE: `y0` must have the shape of `initial_point`, "
+                f"{jnp.shape(self.initial_point)}; got {jnp.shape(y0)}."
+            )
+        return y0
 
     def __call__(
-        self, x: Any, z0: Array | None = None, *, key: Any = None
-    ) -> tuple[Array, ODEStats]:
+        self,
+        x: Any,
+        y0: Array | None = None,
+        *,
+        z0: Any = _MISSING,
+        key: Any = None,
+    ) -> tuple[Array, Report]:
         """Follow the path from the initial point to the equilibrium of one sample.
 
         **Arguments:**
 
         - `x`: the input of one sample, passed to the vector field as its third
             argument.
-        - `z0`: optional starting point replacing `initial_point` (same shape).
+        - `y0`: optional starting point of this call, replacing `initial_point`
+            (same shape).
+        - `z0`: deprecated keyword for `y0`; warns.
         - `key`: unused; accepted for compatibility with `eqx.nn.Sequential`.
 
         **Returns:**
 
-        `(z1, stats)`: the state at $t = 1$ and its [`jaxdeq.ode.ODEStats`][].
+        `(z1, report)`: the state at $t = 1$ and its [`jaxdeq.Report`][] (see
+        [`jaxdeq.ode.NeuralODE`][]).
 
         **Raises:**
 
-        `ValueError` while tracing when `z0` or the vector field's output does not
-        have the shape of `initial_point`.
+        `ValueError` while tracing when `y0` or the vector field's output does not
+        have the shape of `initial_point`. With `throw=True`, a runtime error
+        carrying the result's message when the solve fails.
         """
         del key
-        start = self._start(z0)
+        start = self._start(y0, z0)
         check_vector_field(
             "HomoODE", self.vector_field, jnp.zeros((), start.dtype), start, x
         )
@@ -285,21 +316,23 @@ class HomoODE(eqx.Module):
     def solution(
         self,
         x: Any,
-        z0: Array | None = None,
+        y0: Array | None = None,
         saveat: dfx.SaveAt = dfx.SaveAt(t1=True),
+        *,
+        z0: Any = _MISSING,
     ) -> dfx.Solution:
         """The whole diffrax solution for one sample, e.g. the path to plot.
 
         **Arguments:**
 
-        - `x`, `z0`: as for `__call__`.
+        - `x`, `y0`, `z0`: as for `__call__`.
         - `saveat`: what to save, e.g. `diffrax.SaveAt(ts=jnp.linspace(0, 1, 20))`.
 
         **Returns:**
 
         A `diffrax.Solution`.
         """
-        return self._ode().solution(self._start(z0), x, saveat)
+        return self._ode().solution(self._start(y0, z0), x, saveat)
 
     def update_initial_point(
         self, solutions: Float[Array, "batch ..."], momentum: float = 0.1
@@ -371,7 +404,7 @@ HomoODE.__init__.__doc__ = r"""**Arguments:**
     `diffrax.ConstantStepSize()`).
 - `max_steps`: the step budget of one solve.
 - `throw`: whether a failed solve raises (default `False`: reported per sample in
-    `stats.result`).
+    `report.result`).
 
 **Raises:**
 

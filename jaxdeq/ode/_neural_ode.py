@@ -11,12 +11,12 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from .._misc import bookkeeping_dtype, check_positive_int, real_dtype
+from .._solution import as_results, Report, RESULTS
 from ._stats import (
     count_nfe,
     first,
     fsal_state,
     initial_step_cost,
-    ODEStats,
     stage_cost,
     unknown_nfe,
 )
@@ -31,7 +31,7 @@ _STEADY_STATE = dfx.Event(dfx.steady_state_event())
 _STATELESS_ADJOINTS = (dfx.ImplicitAdjoint, dfx.BacksolveAdjoint)
 
 
-def _to_float(value):
+def _to_float(value: Any) -> Any:
     """Python numbers and concrete scalars to float; anything else is left for
     `__check_init__` to reject with a message."""
     if isinstance(value, bool):
@@ -46,7 +46,7 @@ def _to_float(value):
     return value
 
 
-def _to_optional_float(value):
+def _to_optional_float(value: Any) -> Any:
     return None if value is None else _to_float(value)
 
 
@@ -160,9 +160,61 @@ class NeuralODE(eqx.Module):
 
     A thin layer over `diffrax.diffeqsolve` — diffrax does the solving and the
     differentiating — that adds what a block inside a network needs: a fixed
-    configuration, augmentation, a steady-state mode, and per-sample statistics with
-    an exact count of vector-field evaluations ([`jaxdeq.ode.ODEStats`][]). Called on
+    configuration, augmentation, a steady-state mode, and a per-sample
+    [`jaxdeq.Report`][] with an exact count of vector-field evaluations. Called on
     one sample; `jax.vmap` it over a batch.
+
+    **The report.** `y1, report = block(y0)` returns a [`jaxdeq.Report`][]:
+
+    - `result`: diffrax's result lifted to [`jaxdeq.RESULTS`][]. A steady-state
+        solve succeeds when its steady-state event fires (diffrax says
+        `event_occurred`, kept in `extra["diffrax_result"]`); reaching a finite
+        `t1` before the steady state is `RESULTS.steady_state_not_reached`.
+        Running out of `max_steps` is `RESULTS.max_steps_reached`.
+    - `num_steps`: steps attempted by diffrax, $n = n_\text{accepted} +
+        n_\text{rejected}$.
+    - `num_fn_evals`: evaluations of the vector field, exact for the solvers and
+        step-size controllers below, `-1` ("not counted") for the others.
+    - `abs_residual`, `rel_residual`: NaN for a fixed-horizon solve (it has no
+        residual). A steady-state solve evaluates the vector field once more at the
+        returned state (counted in `num_fn_evals`) and reports
+        $\|f_\theta(t, y)\|$ and $\|f_\theta(t, y)\| / \|y\|$ in the step-size
+        controller's norm, the quantities the steady-state test compares.
+    - `residual_trace`: NaN (no per-step residuals).
+    - `extra`: `t_final` (the time the solve stopped: $t_1$, the time at which the
+        steady state was detected, or where it stopped on failure),
+        `num_accepted_steps`, `num_rejected_steps` (as diffrax counts them) and
+        `diffrax_result` (diffrax's own result).
+
+    **The evaluation count.** With $s$ the number of stages of an explicit
+    Runge–Kutta tableau,
+
+    $$\text{nfe} = c_\text{init} + \begin{cases} 1 + (s - 1)\,n &
+    \text{first-same-as-last (FSAL) tableaus: Tsit5, Dopri5, Dopri8, Bosh3,}\\
+    s\,n & \text{other tableaus (Heun, Midpoint, Ralston) and Euler } (s = 1),
+    \end{cases} \; + \; [\text{steady state}]\,(2 + n).$$
+
+    - The FSAL count is exact because the block evaluates $f(t_0, y_0)$ once itself
+        and hands it to the solver: every later step, rejected or not, reuses the
+        last stage of the previous accepted step (or this first evaluation), so a
+        rejected first step does not evaluate it again.
+    - $c_\text{init}$ is the cost of `diffrax.PIDController`'s initial step-size
+        selection when `dt0=None`: two evaluations, $f(t_0, y_0)$ and
+        $f(t_0 + h, y_0 + h f(t_0, y_0))$, if diffrax runs it. diffrax 0.7 does not
+        for ODEs (the selection sees diffrax's direction-wrapped term, not an
+        `ODETerm`, and falls back to a first step of $0.01$), so there
+        $c_\text{init} = 0$; which case holds is detected once per process. It is 0
+        with a given `dt0`.
+    - The steady-state event evaluates the vector field once at $t_0$ and once per
+        step, and the reported residual once more.
+    - `-1` is returned for implicit and stochastic solvers (their cost depends on
+        Newton iterations or on the terms), wrapped solvers,
+        `diffrax.ClipStepSizeController` with `jump_ts` (the step after a jump
+        evaluates the first stage again), and step-size controllers other than
+        `ConstantStepSize`, `StepTo`, `PIDController` and a
+        `ClipStepSizeController` around a `PIDController`.
+    - Under `vmap`, the count is that of each sample solved alone; the batched loop
+        runs until its slowest sample stops, evaluating the field for all samples.
 
     **Backward modes** (`adjoint`):
 
@@ -210,8 +262,8 @@ class NeuralODE(eqx.Module):
         ```python
         field = jaxdeq.ode.ConcatField(state_size=4, input_size=0, width=32, key=key)
         block = jaxdeq.ode.NeuralODE(field, augment=2)
-        y1, stats = jax.vmap(block)(y0)   # y0: (batch, 2) -> y1: (batch, 4)
-        stats.nfe, stats.num_rejected_steps
+        y1, report = jax.vmap(block)(y0)   # y0: (batch, 2) -> y1: (batch, 4)
+        report.num_fn_evals, report.extra["num_rejected_steps"], report.successful
         ```
 
     ??? cite "References"
@@ -275,7 +327,7 @@ class NeuralODE(eqx.Module):
 
     def __call__(
         self, y0: PyTree[Array], args: PyTree[Any] = None, *, key: Any = None
-    ) -> tuple[PyTree[Array], ODEStats]:
+    ) -> tuple[PyTree[Array], Report]:
         """Solve from `y0` and return the state at the end time.
 
         **Arguments:**
@@ -288,27 +340,25 @@ class NeuralODE(eqx.Module):
 
         **Returns:**
 
-        `(y1, stats)`: the state at $t_1$ (or at the steady state), augmented channels
-        included, and its [`jaxdeq.ode.ODEStats`][].
+        `(y1, report)`: the state at $t_1$ (or at the steady state), augmented
+        channels included, and its [`jaxdeq.Report`][] (see above).
 
         **Raises:**
 
         `TypeError`/`ValueError` while tracing when `y0` is not floating point, when
         `augment > 0` and `y0` is not one array with a leading channel axis, or when
-        the vector field's output does not match the (augmented) state.
+        the vector field's output does not match the (augmented) state. With
+        `throw=True`, a runtime error carrying the result's message when the solve
+        fails.
         """
         del key
-        sol, nfe = _solve(self, y0, args, dfx.SaveAt(t1=True))
+        sol, nfe, residual = _solve(self, y0, args, dfx.SaveAt(t1=True), True)
         assert sol.ts is not None
-        stats = ODEStats(
-            num_steps=sol.stats["num_steps"],
-            num_accepted_steps=sol.stats["num_accepted_steps"],
-            num_rejected_steps=sol.stats["num_rejected_steps"],
-            nfe=nfe,
-            t_final=sol.ts[-1],
-            result=sol.result,
-        )
-        return first(sol.ys), stats
+        y1 = first(sol.ys)
+        report = _report(sol, nfe, residual, self.steady_state)
+        if self.throw:
+            y1 = report.result.error_if(y1, ~report.successful)
+        return y1, report
 
     def solution(
         self,
@@ -330,10 +380,11 @@ class NeuralODE(eqx.Module):
 
         **Returns:**
 
-        A `diffrax.Solution` (`ts`, `ys`, `stats`, `result`, ...). Its `stats` are
-        diffrax's; the evaluation count is reported by `__call__`.
+        A `diffrax.Solution` (`ts`, `ys`, `stats`, `result`, ...). Its `stats` and
+        `result` are diffrax's (with `throw=True`, diffrax raises on failure); the
+        evaluation count is reported by `__call__`.
         """
-        sol, _ = _solve(self, y0, args, saveat)
+        sol, _, _ = _solve(self, y0, args, saveat, False)
         return sol
 
     def _augment(self, y0):
@@ -348,8 +399,10 @@ class NeuralODE(eqx.Module):
         zeros = jnp.zeros((self.augment,) + jnp.shape(y0)[1:], jnp.result_type(y0))
         return jnp.concatenate([y0, zeros], axis=0)
 
-    def _integrate(self, y0, args, saveat) -> tuple[dfx.Solution, Array]:
-        """The solve and its evaluation count, compiled as one unit by `_solve`."""
+    def _integrate(self, y0, args, saveat, report):
+        """The solve, its evaluation count and (with `report` and `steady_state`)
+        the residual at the returned state, compiled as one unit by `_solve`.
+        `report=True` means the caller builds a report and throws itself."""
         leaves = jtu.tree_leaves(y0)
         if not leaves:
             raise ValueError("NeuralODE: `y0` has no arrays.")
@@ -367,16 +420,23 @@ class NeuralODE(eqx.Module):
         t1 = jnp.asarray(self.t1, dtype)
         dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, dtype)
         check_vector_field("NeuralODE", self.vector_field, t0, y0, args, self.augment)
+        vector_field = self.vector_field
+        narrow = jax.eval_shape(lambda: y0)
+        widen = any(jnp.finfo(leaf.dtype).bits < 32 for leaf in jtu.tree_leaves(y0))
+        if widen:
+            # Mixed precision: diffrax's Runge-Kutta updates need a state of at
+            # least float32, so the state is carried in float32 and the vector
+            # field still runs in the user's (bfloat16/float16) precision.
+            vector_field = _Widened(self.vector_field, narrow)
+            y0 = jtu.tree_map(lambda y: _at_least_float32(y), y0)
 
-        term = dfx.ODETerm(self.vector_field)
+        term = dfx.ODETerm(vector_field)
         cost = stage_cost(self.solver)
         init_cost = initial_step_cost(self.stepsize_controller, self.dt0)
         counted = cost is not None and init_cost is not None
         solver_state = None
         if cost is not None and cost[1]:
-            solver_state = fsal_state(
-                self.solver, term, t0, y0, args, self.vector_field
-            )
+            solver_state = fsal_state(self.solver, term, t0, y0, args, vector_field)
             if solver_state is None:
                 counted = False
             elif isinstance(self.adjoint, _STATELESS_ADJOINTS):
@@ -394,35 +454,107 @@ class NeuralODE(eqx.Module):
             adjoint=self.adjoint,
             event=_STEADY_STATE if self.steady_state else None,
             max_steps=self.max_steps,
-            throw=self.throw,
+            throw=False if report else self.throw,
             solver_state=solver_state,
         )
         num_steps = jnp.asarray(sol.stats["num_steps"])
+        measured = report and self.steady_state
         if counted:
             assert cost is not None and init_cost is not None
             stages, fsal = cost
             nfe = count_nfe(num_steps, stages, fsal, init_cost, self.steady_state)
-            nfe = jnp.asarray(nfe, num_steps.dtype)
+            nfe = jnp.asarray(nfe + int(measured), num_steps.dtype)
         else:
             nfe = unknown_nfe(num_steps)
-        return sol, nfe
+        residual = None
+        if measured:
+            # One more evaluation, at the returned state: the quantities the
+            # steady-state event compares, in the controller's norm.
+            assert sol.ts is not None
+            y1, t1 = jax.lax.stop_gradient((first(sol.ys), sol.ts[-1]))
+            norm = self.stepsize_controller.norm  # pyright: ignore
+            f1 = jax.lax.stop_gradient(vector_field(t1, y1, args))
+            abs_residual = jnp.asarray(norm(f1)).astype(dtype)
+            scale = jnp.maximum(jnp.asarray(norm(y1)).astype(dtype), _tiny(dtype))
+            residual = (abs_residual, abs_residual / scale)
+        if widen and sol.ys is not None:
+            ys = jtu.tree_map(lambda y, n: y.astype(n.dtype), sol.ys, narrow)
+            sol = eqx.tree_at(lambda s: s.ys, sol, ys)
+        return sol, nfe, residual
 
 
-def _solve(block: NeuralODE, y0, args, saveat) -> tuple[dfx.Solution, Array]:
+class _Widened(eqx.Module):
+    """A vector field evaluated in the state's own low precision, returning float32
+    for a state that the solver carries in float32."""
+
+    vector_field: Callable
+    narrow: Any = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        y = jtu.tree_map(lambda v, n: v.astype(n.dtype), y, self.narrow)
+        return jtu.tree_map(_at_least_float32, self.vector_field(t, y, args))
+
+
+def _at_least_float32(x):
+    dtype = jnp.result_type(x)
+    return x.astype(jnp.float32) if jnp.finfo(dtype).bits < 32 else x
+
+
+def _tiny(dtype):
+    return jnp.finfo(dtype).tiny
+
+
+def _report(sol: dfx.Solution, nfe: Array, residual, steady_state: bool) -> Report:
+    """The layer report of a `SaveAt(t1=True)` solve."""
+    assert sol.ts is not None
+    raw = sol.result
+    result = as_results(raw)
+    if steady_state:
+        # A steady-state solve succeeds by its event; reaching t1 first is failure.
+        result = RESULTS.where(
+            result == RESULTS.successful, RESULTS.steady_state_not_reached, result
+        )
+        result = RESULTS.where(
+            result == RESULTS.event_occurred,
+            RESULTS.successful,  # pyright: ignore[reportArgumentType]
+            result,
+        )
+    t_final = sol.ts[-1]
+    report = Report.unmeasured(
+        result,
+        sol.stats["num_steps"],
+        nfe,
+        dtype=t_final.dtype,
+        t_final=t_final,
+        num_accepted_steps=sol.stats["num_accepted_steps"],
+        num_rejected_steps=sol.stats["num_rejected_steps"],
+        diffrax_result=raw,
+    )
+    if residual is not None:
+        abs_residual, rel_residual = residual
+        report = eqx.tree_at(
+            lambda r: (r.abs_residual, r.rel_residual),
+            report,
+            (abs_residual, rel_residual),
+        )
+    return report
+
+
+def _solve(block: NeuralODE, y0, args, saveat, report):
     if isinstance(block.adjoint, dfx.ImplicitAdjoint):
         # Differentiating diffrax's implicit adjoint multiplies a float time by an
         # int64 direction, which strict dtype promotion rejects. JAX differentiates
         # the compiled solve when it is called, so the setting must hold here.
         with jax.numpy_dtype_promotion("standard"):
-            return _solve_jit(block, y0, args, saveat)
-    return _solve_jit(block, y0, args, saveat)
+            return _solve_jit(block, y0, args, saveat, report)
+    return _solve_jit(block, y0, args, saveat, report)
 
 
 # One compilation for the checks, the first evaluation and the solve: eager calls
 # would otherwise run the first evaluation op by op.
 @eqx.filter_jit
-def _solve_jit(block: NeuralODE, y0, args, saveat) -> tuple[dfx.Solution, Array]:
-    return block._integrate(y0, args, saveat)
+def _solve_jit(block: NeuralODE, y0, args, saveat, report):
+    return block._integrate(y0, args, saveat, report)
 
 
 def check_vector_field(name, vector_field, t0, y0, args, augment=0) -> None:
@@ -467,7 +599,7 @@ NeuralODE.__init__.__doc__ = r"""**Arguments:**
 - `steady_state`: integrate until the state stops changing instead of to `t1`.
 - `max_steps`: the step budget of one solve.
 - `throw`: whether a failed solve raises (default `False`: failures are reported
-    per sample in `stats.result`, and training goes on).
+    per sample in `report.result`, and training goes on).
 
 **Raises:**
 

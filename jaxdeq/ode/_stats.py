@@ -1,4 +1,5 @@
 import functools
+import warnings
 
 import diffrax as dfx
 import equinox as eqx
@@ -9,54 +10,14 @@ from jaxtyping import Array, Float, Int, PyTree
 
 
 class ODEStats(eqx.Module):
-    r"""Statistics of one neural ODE solve, returned next to its output.
+    """Deprecated: the neural ODE blocks now return a [`jaxdeq.Report`][].
 
-    Under `jax.vmap` every field gets the batch axis: the statistics are per sample.
-
-    **Attributes:**
-
-    - `num_steps`: steps attempted by diffrax, $n = n_\text{accepted} +
-        n_\text{rejected}$.
-    - `num_accepted_steps`, `num_rejected_steps`: as diffrax counts them.
-    - `nfe`: forward evaluations of the vector field: exact for the solvers and
-        step-size controllers below, `-1` ("not counted") for the others.
-    - `t_final`: the time the solve stopped: $t_1$, the time at which the steady
-        state was detected, or where it stopped on failure.
-    - `result`: a `diffrax.RESULTS`. A fixed-horizon solve succeeded when
-        `result == diffrax.RESULTS.successful`; a steady-state solve when
-        `result == diffrax.RESULTS.event_occurred` (the steady-state event fired;
-        `successful` there means a finite $t_1$ was reached first).
-        `diffrax.is_okay(result)` accepts both.
-
-    **The evaluation count.** With $s$ the number of stages of an explicit
-    Runge–Kutta tableau,
-
-    $$\text{nfe} = c_\text{init} + \begin{cases} 1 + (s - 1)\,n &
-    \text{first-same-as-last (FSAL) tableaus: Tsit5, Dopri5, Dopri8, Bosh3,}\\
-    s\,n & \text{other tableaus (Heun, Midpoint, Ralston) and Euler } (s = 1),
-    \end{cases} \; + \; [\text{steady state}]\,(1 + n).$$
-
-    - The FSAL count is exact because [`jaxdeq.ode.NeuralODE`][] evaluates
-        $f(t_0, y_0)$ once itself and hands it to the solver: every later step,
-        rejected or not, reuses the last stage of the previous accepted step (or this
-        first evaluation), so a rejected first step does not evaluate it again.
-    - $c_\text{init}$ is the cost of `diffrax.PIDController`'s initial step-size
-        selection when `dt0=None`: two evaluations, $f(t_0, y_0)$ and
-        $f(t_0 + h, y_0 + h f(t_0, y_0))$, if diffrax runs it. diffrax 0.7 does not
-        for ODEs (the selection sees diffrax's direction-wrapped term, not an
-        `ODETerm`, and falls back to a first step of $0.01$), so there
-        $c_\text{init} = 0$; which case holds is detected once per process. It is 0
-        with a given `dt0`.
-    - The steady-state event evaluates the vector field once at $t_0$ and once per
-        step.
-    - `-1` is returned for implicit and stochastic solvers (their cost depends on
-        Newton iterations or on the terms), wrapped solvers,
-        `diffrax.ClipStepSizeController` with `jump_ts` (the step after a jump
-        evaluates the first stage again), and step-size controllers other than
-        `ConstantStepSize`, `StepTo`, `PIDController` and a
-        `ClipStepSizeController` around a `PIDController`.
-    - Under `vmap`, `nfe` is the count of each sample solved alone; the batched loop
-        runs until its slowest sample stops, evaluating the field for all samples.
+    Kept importable for one release; constructing one warns. The fields map to the
+    report as `num_steps` -> `report.num_steps`, `nfe` -> `report.num_fn_evals`,
+    `result` -> `report.extra["diffrax_result"]` (`report.result` is the same
+    result lifted to [`jaxdeq.RESULTS`][], with a fired steady-state event counted
+    as `successful`), and `num_accepted_steps`, `num_rejected_steps`, `t_final` ->
+    `report.extra[...]` under the same names.
     """
 
     num_steps: Int[Array, "*batch"]
@@ -65,6 +26,15 @@ class ODEStats(eqx.Module):
     nfe: Int[Array, "*batch"]
     t_final: Float[Array, "*batch"]
     result: dfx.RESULTS
+
+    def __check_init__(self):
+        warnings.warn(
+            "jaxdeq.ode.ODEStats is deprecated: NeuralODE and HomoODE return a "
+            "jaxdeq.Report; read `report.num_fn_evals` (was `nfe`), "
+            "`report.num_steps` and `report.extra['t_final']`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
 
 
 def stage_cost(solver: dfx.AbstractSolver) -> tuple[int, bool] | None:

@@ -1,6 +1,8 @@
 """Adam, then L-BFGS on a fixed point set: the training loop of PINNs and DEQNs."""
 
+import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,8 @@ import jax.random as jr
 import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
+
+from .._solution import Report, RESULTS
 
 
 class FitResult(eqx.Module):
@@ -25,8 +29,19 @@ class FitResult(eqx.Module):
         per loss term returned by `loss_fn`.
     - `num_steps`: Adam and L-BFGS steps taken, in total.
     - `wall_time`: seconds, compilation included.
-    - `message`: why L-BFGS stopped (`"max_steps"`, `"converged"`, or
-        `"stalled"`), or `""` when it did not run.
+    - `result`: a [`jaxdeq.RESULTS`][]: `successful` when the fit met its stated
+        target (the final loss at most `target`, or else the gradient norm at most
+        `gtol` when `gtol > 0`; a fit with neither ran its budget and is
+        `successful` when its loss is finite), `fit_not_converged` when it did not,
+        `nonfinite` when the loss or its gradient stopped being finite.
+    - `loss`: the final loss, and `terms` its named parts (the residuals' mean
+        squares), at the returned `params` and `points`.
+    - `grad_norm`: the gradient norm of the loss there.
+    - `stop_reason`: why the fit stopped: `"target"` (the loss met `target`),
+        `"converged"` (the gradient norm met `gtol`), `"stalled"` (a block of
+        L-BFGS steps without progress), `"max_steps"`, or `"non-finite"`.
+
+    The `successful` property is `result == jaxdeq.RESULTS.successful`.
     """
 
     params: PyTree
@@ -34,7 +49,41 @@ class FitResult(eqx.Module):
     history: dict[str, np.ndarray]
     num_steps: int
     wall_time: float
-    message: str
+    result: RESULTS
+    loss: float
+    terms: dict[str, float]
+    grad_norm: float
+    stop_reason: str
+
+    @property
+    def successful(self) -> bool:
+        """Whether the fit met its stated target."""
+        return bool(self.result == RESULTS.successful)
+
+    @property
+    def report(self) -> Report:
+        """The fit as a [`jaxdeq.Report`][]: `result`, `num_steps`, and the final
+        `loss`, `grad_norm` and `terms` in `extra` (a fit has no fixed-point
+        residual: `abs_residual` and `rel_residual` are NaN)."""
+        return Report.unmeasured(
+            self.result,
+            self.num_steps,
+            loss=self.loss,
+            grad_norm=self.grad_norm,
+            terms=dict(self.terms),
+        )
+
+    @property
+    def message(self) -> str:
+        """Deprecated: why L-BFGS stopped. Read `result` (did the fit meet its
+        target) or `stop_reason` instead."""
+        warnings.warn(
+            "`FitResult.message` is deprecated: read `result` (a jaxdeq.RESULTS) or "
+            "`stop_reason` instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.stop_reason
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -76,6 +125,7 @@ def fit(
     resample_every: int | None = None,
     log_every: int = 100,
     gtol: float = 0.0,
+    target: float | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     r"""Minimise a loss by Adam on (re)sampled points, then by L-BFGS on a fixed set.
@@ -106,7 +156,11 @@ def fit(
     - `resample_every`: draw new points every this many Adam steps; `None` keeps
         the first draw throughout.
     - `log_every`: steps per compiled block and per history row.
-    - `gtol`: L-BFGS stops early when the gradient norm falls below this.
+    - `gtol`: L-BFGS stops early when the gradient norm falls below this; when
+        positive (and `target` is None) it is the fit's target.
+    - `target`: the loss the fit must reach. Each phase stops at the first block
+        whose loss is at most `target`, and the result is `successful` exactly
+        when the final loss meets it (`fit_not_converged` otherwise).
     - `progress`: called after every block with a dict of `phase` (`"adam"` or
         `"lbfgs"`), `step`, `total`, `loss`, the terms, and `params` (the current
         parameters); for progress bars, and for checking accuracy or saving
@@ -118,10 +172,29 @@ def fit(
 
     **Raises:**
 
-    - `ValueError` for negative step counts or a non-positive `log_every`.
+    - `ValueError` for negative step counts, a non-positive `log_every`, or a
+        negative or non-finite `gtol` or `target`.
     - [`jaxdeq.pinn.NonFiniteLossError`][] when the loss or the gradient becomes
         NaN or infinite; its `result` holds the last finite parameters.
     """
+    for name, count in (
+        ("adam_steps", adam_steps),
+        ("lbfgs_steps", lbfgs_steps),
+        ("log_every", log_every),
+    ):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+            raise TypeError(f"`{name}` must be an integer, got {count!r}.")
+    adam_steps, lbfgs_steps, log_every = (
+        int(adam_steps),
+        int(lbfgs_steps),
+        int(log_every),
+    )
+    if resample_every is not None:
+        resample_every = int(resample_every)
+    if not (0 <= gtol < math.inf):
+        raise ValueError(f"gtol={gtol} must be finite and >= 0.")
+    if target is not None and not (0 <= target < math.inf):
+        raise ValueError(f"target={target} must be finite and >= 0, or None.")
     if adam_steps < 0 or lbfgs_steps < 0:
         raise ValueError(
             f"adam_steps={adam_steps} and lbfgs_steps={lbfgs_steps} must be >= 0."
@@ -154,16 +227,39 @@ def fit(
             info["params"] = eqx.combine(trainable, static)
             progress(info)
 
-    def result(trainable, points, steps, message):
+    def result(trainable, points, steps, reason, final=None):
         out = {k: np.asarray(v) for k, v in history.items()}
+        if final is None:
+            loss, gnorm, terms = math.nan, math.nan, {}
+        else:
+            loss, gnorm, terms = final
+            loss, gnorm = float(loss), float(gnorm)
+            terms = {k: float(v) for k, v in terms.items()}
+        if reason == "non-finite" or not math.isfinite(loss):
+            code = RESULTS.nonfinite
+        elif target is not None:
+            met = loss <= target
+            code = RESULTS.successful if met else RESULTS.fit_not_converged
+        elif gtol > 0:
+            met = gnorm <= gtol
+            code = RESULTS.successful if met else RESULTS.fit_not_converged
+        else:
+            code = RESULTS.successful
         return FitResult(
             params=eqx.combine(trainable, static),
             points=points,
             history=out,
             num_steps=steps,
             wall_time=time.perf_counter() - start,
-            message=message,
+            result=code,  # pyright: ignore[reportArgumentType]
+            loss=loss,
+            terms=terms,
+            grad_norm=gnorm,
+            stop_reason=reason,
         )
+
+    def met_target(loss) -> bool:
+        return target is not None and float(loss) <= target
 
     def fail(phase, step, trainable, points):
         raise NonFiniteLossError(
@@ -178,6 +274,8 @@ def fit(
     key, subkey = jr.split(key)
     points = sample(subkey, eqx.combine(trainable, static))
     steps = 0
+    final = None
+    reason = "max_steps"
 
     def make_block(step):
         """A compiled block: `num` optimiser steps (a traced trip count, so blocks
@@ -228,7 +326,11 @@ def fit(
                 block, "Adam", trainable, opt_state, points, num
             )
             steps += num
+            final = (loss, gnorm, terms)
             log("adam", steps, adam_steps, loss, gnorm, terms, trainable)
+            if met_target(loss):
+                reason = "target"
+                break
             if (
                 resample_every is not None
                 and steps % resample_every == 0
@@ -238,8 +340,7 @@ def fit(
                 points = sample(subkey, eqx.combine(trainable, static))
 
     # Phase 2: L-BFGS on a fixed point set.
-    message = ""
-    if lbfgs_steps > 0:
+    if lbfgs_steps > 0 and reason != "target":
         lbfgs = optax.lbfgs(memory_size=lbfgs_memory)
         # optax starts a few line-search fields weakly typed; fix their types now
         # so that the compiled block is not compiled again after its first call.
@@ -270,7 +371,6 @@ def fit(
         block = make_block(lbfgs_step)
         done = 0
         previous = np.inf
-        message = "max_steps"
         while done < lbfgs_steps:
             num = min(log_every, lbfgs_steps - done)
             trainable, opt_state, (loss, gnorm, terms) = run_block(
@@ -278,13 +378,22 @@ def fit(
             )
             done += num
             steps += num
+            final = (loss, gnorm, terms)
             log("lbfgs", steps, adam_steps + lbfgs_steps, loss, gnorm, terms, trainable)
+            if met_target(loss):
+                reason = "target"
+                break
             if float(gnorm) <= gtol:
-                message = "converged"
+                reason = "converged"
                 break
             if float(loss) >= previous:
                 # A whole block without progress: the line search has nothing left.
-                message = "stalled"
+                reason = "stalled"
                 break
             previous = float(loss)
-    return result(trainable, points, steps, message)
+    if final is None:  # no step was taken: report the loss at the start
+        (loss, terms), grads = jax.value_and_grad(scalar_loss, has_aux=True)(
+            trainable, points
+        )
+        final = (loss, _tree_norm(grads), terms)
+    return result(trainable, points, steps, reason, final)

@@ -2,6 +2,7 @@
 transform, and shape constraints (monotone, concave) by construction."""
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -72,7 +73,7 @@ class ValueNetwork(eqx.Module):
         *,
         width: int = 32,
         depth: int = 3,
-        out_size: int | str = "scalar",
+        out_size: int | Literal["scalar"] = "scalar",
         transform: Callable | None = None,
         activation: Callable = jnp.tanh,
         linear_skip: bool = False,
@@ -224,8 +225,10 @@ class ShapeConstrainedNetwork(eqx.Module):
         x = (2 * x - lower - upper) / (upper - lower)
         phi = _concave_increasing if self.concave else jnp.tanh
         w0 = self._input_weight(self.first.weight)
+        assert self.first.bias is not None
         z = phi(w0 @ x + self.first.bias)
         for layer, skip in zip(self.hidden, self.skips):
+            assert layer.bias is not None
             w = jax.nn.softplus(layer.weight)  # keeps phi(.) increasing in z
             z = phi(w @ z + self._input_weight(skip.weight) @ x + layer.bias)
         w_out = jax.nn.softplus(self.out_hidden)

@@ -213,9 +213,10 @@ class KolmogorovForward(eqx.Module):
         if self.diffusion is None:
             second = jnp.zeros_like(advection)
         else:
+            diffusion = self.diffusion
 
             def m(x):
-                sigma = self.diffusion(x)
+                sigma = diffusion(x)
                 return sigma @ sigma.T * fn(x)
 
             # sum_ij d_i d_j M_ij(x) = trace of the Jacobian of the divergence rows.

@@ -111,10 +111,11 @@ class QuasiRandomSampler(eqx.Module):
         del params
         seed = int(jr.randint(key, (), 0, np.iinfo(np.int32).max))
         d = len(self.lower)
+        # `seed`, not `rng`: SciPy >= 1.15 still accepts it, and older ones need it.
         if self.kind == "sobol":
-            engine = qmc.Sobol(d, scramble=True, seed=seed)
+            engine = qmc.Sobol(d, scramble=True, seed=seed)  # pyright: ignore[reportCallIssue]
         else:
-            engine = qmc.Halton(d, scramble=True, seed=seed)
+            engine = qmc.Halton(d, scramble=True, seed=seed)  # pyright: ignore[reportCallIssue]
         u = engine.random(self.num)
         return jnp.asarray(_from_unit(u, self.lower, self.upper, self.log))
 

@@ -1,5 +1,7 @@
 import dataclasses
 import functools
+import json
+import math
 import pathlib
 import signal
 import sys
@@ -17,7 +19,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, PRNGKeyArray
 
 from .._solution import BackwardStats
-from ._checkpoint import Checkpoints, write_json_line
+from ._checkpoint import (
+    Checkpoints,
+    IncompatibleCheckpoint,
+    truncate_metrics,
+    unused_path,
+    write_json_line,
+)
+
+
+# Consecutive non-finite steps after which the "skip" and "reduce" policies give up.
+_MAX_NONFINITE_IN_A_ROW = 10
+# What changes a run's trajectory: a resume must match these (or be forced).
+_TRAJECTORY = ("seed", "batch_size", "learning_rate", "accumulate", "precision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +58,25 @@ class TrainConfig:
         parameters, optimiser state and solver bookkeeping stay in float32.
     - `log_every`, `eval_every`: steps between metric lines and evaluations.
     - `checkpoint_every`: steps between checkpoints (also on the last step and on
-        SIGTERM/SIGINT); `keep`: how many to keep.
-    - `run_dir`: where checkpoints, `metrics.jsonl` and plots go.
-    - `resume`: continue from the newest intact checkpoint in `run_dir`.
+        SIGTERM/SIGINT); `keep`: how many to keep. A state holding a NaN or an
+        infinity is never checkpointed, so the last finite checkpoint is never
+        pushed out.
+    - `run_dir`: where checkpoints, `metrics.jsonl`, the run record `run.jsonl`
+        and plots go.
+    - `resume`: continue from the newest intact checkpoint in `run_dir`, with its
+        PRNG key and data position. A resume whose training configuration differs
+        from the checkpoint's in anything that changes the trajectory (seed, batch
+        size, learning rate, accumulation, precision, devices and mesh, recipe
+        options) is refused, naming the fields.
+    - `force`: resume anyway with the new configuration; the changes are logged
+        and recorded in `run_dir/run.jsonl`.
+    - `nonfinite`: what a step whose loss, gradient or update is not finite does
+        (it is detected inside the jitted step; the update is never applied):
+        `"stop"` (default) raises `FloatingPointError`, `"skip"` skips the update,
+        `"reduce"` skips it and multiplies the learning rate by `reduce_factor`
+        from then on. After 10 non-finite steps in a row, "skip" and "reduce" stop
+        too.
+    - `reduce_factor`: in (0, 1), see `nonfinite`.
     - `progress`: draw a progress line on stderr.
     - `tensorboard`: also write every logged metric as TensorBoard scalars to
         `run_dir/tensorboard` (needs `tensorboardX`:
@@ -70,6 +100,82 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     tensorboard: bool = False
+    force: bool = False
+    nonfinite: Literal["stop", "skip", "reduce"] = "stop"
+    reduce_factor: float = 0.5
+
+    def __post_init__(self):
+        for name in (
+            "steps",
+            "batch_size",
+            "model_parallel",
+            "shard_threshold",
+            "accumulate",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "keep",
+        ):
+            _set_int(self, name, 1)
+        _set_int(self, "seed", 0, 2**32 - 1)
+        if self.devices is not None:
+            _set_int(self, "devices", 1)
+        _set_float(self, "learning_rate", 0.0, math.inf)
+        _set_float(self, "reduce_factor", 0.0, 1.0)
+        for name, choices in (
+            ("precision", ("float32", "bfloat16")),
+            ("nonfinite", ("stop", "skip", "reduce")),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"TrainConfig: `{name}` must be one of {choices}, got "
+                    f"{getattr(self, name)!r}."
+                )
+        for name in ("resume", "progress", "tensorboard", "force"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"TrainConfig: `{name}` must be True or False, got "
+                    f"{getattr(self, name)!r}."
+                )
+        if not isinstance(self.run_dir, (str, pathlib.PurePath)) or not str(
+            self.run_dir
+        ):
+            raise ValueError(
+                f"TrainConfig: `run_dir` must be a non-empty path, got "
+                f"{self.run_dir!r}."
+            )
+
+
+def _set_int(obj, name, low, high=None, owner=None):
+    """Require `low <= obj.name (<= high)` of an int (NumPy ints too), stored as int."""
+    value = getattr(obj, name)
+    owner = owner or type(obj).__name__
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{owner}: `{name}` must be an int, got {value!r}.")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{owner}: `{name}` must be {bound}, got {value!r}.")
+    object.__setattr__(obj, name, int(value))
+
+
+def _set_float(obj, name, low, high, owner=None, *, closed=False):
+    """Require a finite real `low < obj.name` (`low <=` if `closed`; `< high` when
+    `high` is finite), stored as float."""
+    value = getattr(obj, name)
+    owner = owner or type(obj).__name__
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"{owner}: `{name}` must be a number, got {value!r}.")
+    above = low <= value if closed else low < value
+    if not (math.isfinite(value) and above and (value < high or high == math.inf)):
+        bound = (">= " if closed else "> ") + f"{low}"
+        if high != math.inf:
+            bound = f"in {'[' if closed else '('}{low}, {high})"
+        raise ValueError(
+            f"{owner}: `{name}` must be a finite number {bound}, got {value!r}."
+        )
+    object.__setattr__(obj, name, float(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +208,7 @@ class Recipe:
     init: Callable[[PRNGKeyArray, Any], eqx.Module]
     data: Callable[[Any], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
     loss: Callable[[eqx.Module, dict[str, Array], PRNGKeyArray], tuple[Array, dict]]
-    evaluate: Callable[[eqx.Module, dict[str, Array]], dict] | None = None
+    evaluate: Callable[[eqx.Module, dict[str, np.ndarray]], dict] | None = None
     optimiser: Callable[[TrainConfig], optax.GradientTransformation] | None = None
     backward_stats: bool = False
 
@@ -118,6 +224,9 @@ class TrainResult:
     - `history`: the logged metric records (also in `run_dir/metrics.jsonl`).
     - `interrupted`: whether a signal stopped the run (a checkpoint was saved).
     - `resumed_from`: the step a resumed run started from, else `None`.
+    - `signal`: the number of the signal that stopped the run, else `None` (the
+        command exits with 128 + this number).
+    - `skipped`: how many steps were not applied because they were not finite.
     """
 
     model: eqx.Module
@@ -125,28 +234,12 @@ class TrainResult:
     history: list[dict]
     interrupted: bool
     resumed_from: int | None
+    signal: int | None = None
+    skipped: int = 0
 
 
 def _check_config(config: TrainConfig, num_devices: int, num_examples: int):
-    for label in (
-        "steps",
-        "batch_size",
-        "model_parallel",
-        "shard_threshold",
-        "accumulate",
-        "log_every",
-        "eval_every",
-        "checkpoint_every",
-        "keep",
-    ):
-        value = getattr(config, label)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train: `{label}` must be a positive int, got {value!r}.")
-    if config.precision not in ("float32", "bfloat16"):
-        raise ValueError(
-            "train: `precision` must be 'float32' or 'bfloat16', got "
-            f"{config.precision!r}."
-        )
+    # The fields themselves are checked by TrainConfig; here what they must fit.
     if num_devices % config.model_parallel:
         raise ValueError(
             f"train: model_parallel={config.model_parallel} does not divide the "
@@ -231,12 +324,17 @@ def train(
     state are replicated, or, with `config.model_parallel > 1`, large arrays are
     split along a second mesh axis, `model`. One jitted step computes the loss and
     the gradient (averaged over the global batch, with `config.accumulate`
-    micro-batches) and applies the optimiser. The per-step key is
-    `fold_in(key(seed), step)` and the data order a function of `(seed, step)`,
-    so a run resumed from a checkpoint reproduces an uninterrupted one exactly.
-    Checkpoints (orbax-checkpoint: the parameters, optimiser state, step, key and
-    data position) are written every `config.checkpoint_every` steps, at the end,
-    and on SIGTERM/SIGINT.
+    micro-batches) and applies the optimiser, unless the loss, the gradient or the
+    result is not finite (then `config.nonfinite` decides). The per-step key is
+    `fold_in(key(seed), step)` and the data order a function of `(seed, step)`;
+    a run resumed from a checkpoint restores the saved key and data position and
+    reproduces an uninterrupted one exactly, or is refused when its training
+    configuration differs (unless `config.force`). Checkpoints (orbax-checkpoint:
+    the parameters, optimiser state, step, key, data position and learning-rate
+    scale) are written every `config.checkpoint_every` steps, at the end, and on
+    SIGTERM/SIGINT, never of a non-finite state. Metrics are appended to
+    `run_dir/metrics.jsonl` as strict JSON, from the resumed step on; lines are
+    moved aside, never deleted.
 
     **Arguments:**
 
@@ -251,9 +349,13 @@ def train(
 
     **Raises:**
 
-    `ValueError` before any compute for a bad configuration (a batch that does not
-    divide across devices, too many devices, ...) or a checkpoint from another
-    recipe, options or jaxdeq version.
+    - `ValueError` before any compute for a bad configuration (a batch that does
+        not divide across devices, too many devices, ...) or a checkpoint from
+        another recipe, training configuration or jaxdeq version (naming the
+        differing fields).
+    - `FloatingPointError` when a step is not finite and `config.nonfinite` is
+        `"stop"` (or 10 steps in a row under `"skip"`/`"reduce"`); the last finite
+        checkpoint is intact.
     """
     from .. import __version__
 
@@ -304,7 +406,7 @@ def train(
         if not axes:
             return replicated
         axis = max(axes, key=lambda i: shape[i])
-        spec = [None] * len(shape)
+        spec: list[str | None] = [None] * len(shape)
         spec[axis] = "model"
         return NamedSharding(mesh, PartitionSpec(*spec))
 
@@ -349,7 +451,7 @@ def train(
         return grads, value, metrics
 
     @jax.jit
-    def step_fn(p, s, batch, key):
+    def step_fn(p, s, lr_scale, batch, key):
         if config.accumulate == 1:
             grads, value, metrics = grad_fn(p, batch, key)
         else:
@@ -371,26 +473,51 @@ def train(
             )
         scale = 1.0 / config.accumulate
         grads = jax.tree.map(lambda g: g * scale, grads)
-        updates, s = optimiser.update(grads, s, p)
-        p = eqx.apply_updates(p, updates)
+        updates, new_s = optimiser.update(grads, s, p)
+        updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
+        new_p = eqx.apply_updates(p, updates)
+        # Checked here, in the step: a non-finite loss, gradient or result is never
+        # applied, whatever the policy; the host decides what happens next.
+        finite = _all_finite((value, grads, new_p, new_s))
+        p = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_p, p)
+        s = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_s, s)
+        if config.nonfinite == "reduce":
+            lr_scale = jnp.where(finite, lr_scale, lr_scale * config.reduce_factor)
         p = jax.lax.with_sharding_constraint(p, shardings(p))
         s = jax.lax.with_sharding_constraint(s, shardings(s))
         metrics = jax.tree.map(lambda m: m * scale, metrics)
         metrics["loss"] = value * scale
         metrics["grad_norm"] = optax.tree.norm(grads)
-        return p, s, metrics
+        return p, s, lr_scale, finite, metrics
 
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = {
         "recipe": recipe.name,
-        "options": repr(options),
         "jaxdeq_version": __version__,
         "structure": str(jax.tree.structure((params, opt_state))),
     }
+    trajectory = _trajectory(config, options, len(devices))
     checkpoints = Checkpoints(run_dir / "checkpoints", config.keep, identity)
     metrics_path = run_dir / "metrics.jsonl"
-    start_step, resumed_from = 0, None
+    lead = jax.process_index() == 0
+    start_step, resumed_from, changes = 0, None, {}
+    data_offset = 0
+    lr_scale = np.ones((), np.float32)
+
+    def check(record):
+        changes.clear()
+        changes.update(_differences(record.get("config"), trajectory))
+        if changes and not config.force:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _listed(changes))
+            raise IncompatibleCheckpoint(
+                f"train: the checkpoint in {checkpoints.directory} was written with "
+                f"another training configuration ({listed}); resuming would not "
+                "reproduce the run. Resume with the checkpoint's values, start a "
+                "new run in another --run-dir, or pass --force (force=True) to "
+                "continue with the new values."
+            )
+
     if config.resume:
         found = checkpoints.restore(
             {
@@ -398,10 +525,13 @@ def train(
                 "opt_state": opt_state,
                 "key": np.asarray(base_key),
                 "data_position": np.zeros((), np.int64),
+                "lr_scale": lr_scale,
             },
             log,
+            check,
         )
         if found is None:
+            changes.clear()
             log(
                 f"no intact checkpoint in {checkpoints.directory}; starting from "
                 "step 0."
@@ -409,16 +539,47 @@ def train(
         else:
             start_step, state, _ = found
             params, opt_state = state["params"], state["opt_state"]
+            lr_scale = np.asarray(state["lr_scale"], np.float32)
+            # The saved key and data position, not ones derived afresh (a forced
+            # change of seed is the one exception: it asks for a new stream).
+            if "seed" not in changes:
+                base_key = jnp.asarray(state["key"], base_key.dtype)
+            data_offset = int(state["data_position"]) - start_step
             resumed_from = start_step
             log(f"resumed from step {start_step} ({checkpoints.directory}).")
+            if changes:
+                listed = ", ".join(
+                    f"{k}: {a!r} -> {b!r}" for k, a, b in _listed(changes)
+                )
+                log(f"forced resume with a changed configuration: {listed}.")
     elif checkpoints.steps():
         raise ValueError(
             f"train: {checkpoints.directory} already holds checkpoints "
             f"(steps {checkpoints.steps()}); pass --resume to continue that run, or "
             "another --run-dir."
         )
-    if start_step == 0 and metrics_path.exists():
-        metrics_path.unlink()
+    if lead:
+        if resumed_from is not None:
+            moved = truncate_metrics(metrics_path, start_step)
+            if moved:
+                log(
+                    f"{moved} metric line(s) after step {start_step} are re-run; "
+                    f"moved them to {metrics_path.stem}.superseded.jsonl."
+                )
+        elif metrics_path.exists():
+            # Never deleted: a run that starts over keeps the old metrics aside.
+            aside = unused_path(run_dir / "metrics.previous.jsonl")
+            metrics_path.rename(aside)
+            log(f"starting from step 0; the previous metrics are kept in {aside}.")
+        event = {
+            "event": "start" if resumed_from is None else "resume",
+            "step": start_step,
+            "time": time.time(),
+            "config": trajectory,
+        }
+        if changes:
+            event["forced_changes"] = {k: [a, b] for k, a, b in _listed(changes)}
+        write_json_line(run_dir / "run.jsonl", event)
 
     params = jax.device_put(params, shardings(params))
     opt_state = jax.device_put(opt_state, shardings(opt_state))
@@ -442,19 +603,24 @@ def train(
         if saved["step"] == step:
             return
         saved["step"] = step
-        checkpoints.save(
+        written = checkpoints.save(
             step,
             {
                 "params": params,
                 "opt_state": opt_state,
                 "key": np.asarray(base_key),
-                "data_position": np.asarray(step, np.int64),
+                "data_position": np.asarray(step + data_offset, np.int64),
+                "lr_scale": np.asarray(lr_scale, np.float32),
             },
-            {"data_position": step, "seed": config.seed},
+            {"data_position": step + data_offset, "config": trajectory},
         )
+        if not written:
+            log(f"step {step}: the state is not finite; no checkpoint written.")
 
     def global_batch(step):
-        idx = _batch_indices(step, config.seed, num_examples, config.batch_size)
+        idx = _batch_indices(
+            step + data_offset, config.seed, num_examples, config.batch_size
+        )
         local = np.array_split(idx, jax.process_count())[jax.process_index()]
         return {
             k: jax.make_array_from_process_local_data(
@@ -465,19 +631,66 @@ def train(
 
     history, progress = [], _Progress(config.steps, config.progress)
     if config.tensorboard and jax.process_index() == 0:
-        summary_writer = SummaryWriter(str(run_dir / "tensorboard"))
+        # Imported above whenever `config.tensorboard` is set.
+        summary_writer = SummaryWriter(str(run_dir / "tensorboard"))  # pyright: ignore[reportPossiblyUnboundVariable]
     evaluate = None if recipe.evaluate is None else eqx.filter_jit(recipe.evaluate)
-    step = start_step
+    step, skipped, in_a_row = start_step, 0, 0
+    lr_scale = jnp.asarray(lr_scale)
     try:
         while step < config.steps and stop["signal"] is None:
             key = jr.fold_in(base_key, step)
-            params, opt_state, metrics = step_fn(
-                params, opt_state, global_batch(step), key
+            params, opt_state, lr_scale, finite, metrics = step_fn(
+                params, opt_state, lr_scale, global_batch(step), key
             )
             step += 1
-            if step % config.log_every == 0 or step == config.steps:
+            failure = None
+            if bool(finite):
+                in_a_row = 0
+            else:
+                skipped, in_a_row = skipped + 1, in_a_row + 1
+                what = ", ".join(
+                    f"{k} {float(metrics[k]):.4g}" for k in ("loss", "grad_norm")
+                )
+                if config.nonfinite == "stop" or in_a_row >= _MAX_NONFINITE_IN_A_ROW:
+                    last = checkpoints.steps()
+                    failure = (
+                        f"train: step {step} is not finite ({what}); its update was "
+                        "not applied and no non-finite state is checkpointed (the "
+                        "last checkpoint, "
+                        + (f"step {last[0]}" if last else "none yet")
+                        + f", is intact in {checkpoints.directory}). "
+                        + (
+                            f"{in_a_row} non-finite steps in a row. "
+                            if config.nonfinite != "stop"
+                            else ""
+                        )
+                        + (
+                            "Lower --learning-rate, or choose --nonfinite skip or "
+                            "reduce; then --resume."
+                            if config.nonfinite == "stop"
+                            else "Lower --learning-rate and --resume (with --force)."
+                        )
+                    )
+                elif in_a_row == 1:
+                    log(
+                        f"step {step} is not finite ({what}); update skipped"
+                        + (
+                            f", learning rate x {float(lr_scale):.3g}."
+                            if config.nonfinite == "reduce"
+                            else "."
+                        )
+                    )
+            if (
+                step % config.log_every == 0
+                or step == config.steps
+                or failure is not None
+            ):
                 record = {"step": step, "time": time.time()}
                 record.update({k: float(v) for k, v in metrics.items()})
+                if config.nonfinite != "stop":
+                    record["skipped"] = float(skipped)
+                if config.nonfinite == "reduce":
+                    record["lr_scale"] = float(lr_scale)
                 if evaluate is not None and (
                     step % config.eval_every == 0 or step == config.steps
                 ):
@@ -486,13 +699,15 @@ def train(
                         {f"eval_{k}": float(v) for k, v in eval_metrics.items()}
                     )
                 history.append(record)
-                if jax.process_index() == 0:
+                if lead:
                     write_json_line(metrics_path, record)
                 if summary_writer is not None:
                     for name, value in record.items():
                         if name not in ("step", "time"):
                             summary_writer.add_scalar(name, value, step)
                 progress.update(step, record)
+            if failure is not None:
+                raise FloatingPointError(failure)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save(step)
         interrupted = stop["signal"] is not None and step < config.steps
@@ -515,4 +730,43 @@ def train(
         history=history,
         interrupted=interrupted,
         resumed_from=resumed_from,
+        signal=stop["signal"] if interrupted else None,
+        skipped=skipped,
     )
+
+
+def _all_finite(tree) -> Array:
+    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _trajectory(config: TrainConfig, options, num_devices: int) -> dict:
+    """What changes the run's trajectory, as JSON values: a resume must match it."""
+    values = {name: getattr(config, name) for name in _TRAJECTORY}
+    # Another mesh changes the reduction order, so the result's rounding.
+    values["devices"] = num_devices
+    values["model_parallel"] = config.model_parallel
+    if config.model_parallel > 1:
+        values["shard_threshold"] = config.shard_threshold
+    values["processes"] = jax.process_count()
+    values["options"] = dataclasses.asdict(options)
+    return json.loads(json.dumps(values, default=repr))
+
+
+def _differences(saved: dict | None, now: dict) -> dict:
+    if saved is None:
+        return {"config": ("not recorded", "this run's")}
+    out = {}
+    for name in sorted(set(saved) | set(now)):
+        a, b = saved.get(name), now.get(name)
+        if name == "options" and isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    out[sub] = (a.get(sub), b.get(sub))
+        elif a != b:
+            out[name] = (a, b)
+    return out
+
+
+def _listed(changes: dict):
+    return [(k, a, b) for k, (a, b) in changes.items()]

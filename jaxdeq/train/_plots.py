@@ -1,6 +1,8 @@
 import json
 import pathlib
 
+from ._checkpoint import from_strict_record
+
 
 def load_history(run_dir) -> list[dict]:
     """The metric records of a run, from `run_dir/metrics.jsonl`.
@@ -11,10 +13,16 @@ def load_history(run_dir) -> list[dict]:
 
     **Returns:**
 
-    A list of dicts, one per logged step.
+    A list of dicts, one per logged step. The file is strict JSON: a value that was
+    NaN or infinite is written as `null` and named in the line's `nonfinite` map;
+    here it is a float again (`nan`, `inf` or `-inf`).
     """
     path = pathlib.Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [
+        from_strict_record(json.loads(line))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def plot_history(history: list[dict], path) -> pathlib.Path:
@@ -49,7 +57,11 @@ def plot_history(history: list[dict], path) -> pathlib.Path:
     axes = [axes] if len(panels) <= 1 else list(axes)
     for ax, (title, keys, scale) in zip(axes, panels):
         for key in keys:
-            points = [(r["step"], r[key]) for r in history if key in r]
+            points = [
+                (r["step"], float("nan") if r[key] is None else r[key])
+                for r in history
+                if key in r
+            ]
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, "o-" if len(points) < 30 else "-", label=key)

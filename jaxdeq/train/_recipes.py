@@ -1,5 +1,5 @@
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -10,14 +10,42 @@ import optax
 
 from .._adjoint import ImplicitAdjoint, PhantomAdjoint
 from .._deq import DEQ
-from .._solution import RESULTS
+from .._solution import Report
 from .._solver.anderson import Anderson
 from .._solver.splitting import PeacemanRachford
 from ..data import load_digits
-from ._loop import Recipe
+from ._loop import _set_float, _set_int, Recipe
 
 
 _BFLOAT16_TOL = 1e-2
+
+
+def _check_options(
+    options, *, ints=(), positive=(), fractions=(), non_negative=(), choices=()
+):
+    """Validate a recipe's options when they are made, before any compute.
+
+    `ints`: `(name, low)` pairs; `positive`: finite floats > 0; `fractions`: in
+    (0, 1); `non_negative`: finite floats >= 0; `choices`: `(name, allowed)`."""
+    for name, low in ints:
+        _set_int(options, name, low)
+    for name in positive:
+        _set_float(options, name, 0.0, float("inf"))
+    for name in fractions:
+        _set_float(options, name, 0.0, 1.0)
+    for name in non_negative:
+        _set_float(options, name, 0.0, float("inf"), closed=True)
+    for name, allowed in choices:
+        if getattr(options, name) not in allowed:
+            raise ValueError(
+                f"{type(options).__name__}: `{name}` must be one of {allowed}, got "
+                f"{getattr(options, name)!r}."
+            )
+
+
+def _require(options, ok, message):
+    if not ok:
+        raise ValueError(f"{type(options).__name__}: {message}")
 
 
 def _loosened(obj):
@@ -45,12 +73,15 @@ def _float32(tree):
     )
 
 
-def _solve_stats(sol):
-    """Per-example forward-solve statistics of a classifier, as float32 metrics."""
+def _solve_stats(report):
+    """Per-example forward-solve statistics of a classifier, as float32 metrics
+    (from a layer's [`jaxdeq.Report`][] or a [`jaxdeq.fixed_point`][] solution)."""
+    if not isinstance(report, Report):
+        report = Report.from_solution(report)
     return {
-        "solver_steps": sol.stats["num_steps"].astype(jnp.float32),
-        "residual": sol.stats["rel_residual"].astype(jnp.float32),
-        "failed": (sol.result != RESULTS.successful).astype(jnp.float32),
+        "solver_steps": report.num_steps.astype(jnp.float32),
+        "residual": report.rel_residual.astype(jnp.float32),
+        "failed": (~report.successful).astype(jnp.float32),
     }
 
 
@@ -90,6 +121,14 @@ class DEQDigitsOptions:
     tol: float = 1e-4
     max_solver_steps: int = 50
     test_fraction: float = 0.2
+
+    def __post_init__(self):
+        _check_options(
+            self,
+            ints=(("hidden", 1), ("max_solver_steps", 1)),
+            positive=("tol",),
+            fractions=("test_fraction",),
+        )
 
 
 class _Cell(eqx.Module):
@@ -145,8 +184,8 @@ class DEQDigitsClassifier(eqx.Module):
                 deq,
                 (_loosened(deq.solver), _loosened(deq.adjoint)),
             )
-        z, sol = deq(self.encoder(x), backward_stats=backward_stats)
-        return self.head(z), _solve_stats(sol)
+        z, report = deq(self.encoder(x), backward_stats=backward_stats)
+        return self.head(z), _solve_stats(report)
 
 
 def _deq_data(options):
@@ -207,6 +246,44 @@ class AttractorSudokuOptions:
     min_givens: int = 34
     max_givens: int = 42
 
+    def __post_init__(self):
+        _check_options(
+            self,
+            ints=(
+                ("dim", 1),
+                ("heads", 1),
+                ("backbone_depth", 1),
+                ("refiner_depth", 1),
+                ("min_solver_steps", 0),
+                ("max_solver_steps", 1),
+                ("phantom_steps", 1),
+                ("train_puzzles", 1),
+                ("augment", 1),
+                ("test_puzzles", 1),
+                ("min_givens", 17),
+                ("max_givens", 17),
+            ),
+            positive=("tol",),
+            non_negative=("jacobian_weight",),
+        )
+        _require(
+            self,
+            self.dim % self.heads == 0,
+            f"`dim` ({self.dim}) must be a multiple of `heads` ({self.heads}).",
+        )
+        _require(
+            self,
+            self.min_solver_steps <= self.max_solver_steps,
+            f"`min_solver_steps` ({self.min_solver_steps}) must not exceed "
+            f"`max_solver_steps` ({self.max_solver_steps}).",
+        )
+        _require(
+            self,
+            self.min_givens <= self.max_givens <= 81,
+            "need 17 <= min_givens <= max_givens <= 81 (17 is the fewest givens "
+            f"of any proper Sudoku), got {self.min_givens}, {self.max_givens}.",
+        )
+
 
 def _attractor_init(key, options):
     from ..attractor import (
@@ -262,7 +339,7 @@ def _sudoku_metrics(logits, labels, blank):
 def _attractor_loss(model, batch, key, probe=None):
     model = _for_precision(model)
     keys = jr.split(key, batch["puzzle"].shape[0])
-    logits, info = jax.vmap(lambda x, k, p: model(x, key=k, backward_stats=p))(
+    logits, report = jax.vmap(lambda x, k, p: model(x, key=k, backward_stats=p))(
         batch["puzzle"], keys, probe
     )
     loss = jnp.mean(
@@ -274,12 +351,14 @@ def _attractor_loss(model, batch, key, probe=None):
     metrics = {
         "accuracy": cells,
         "exact": exact,
-        "solver_steps": jnp.mean(info.num_steps.astype(jnp.float32)),
-        "residual": jnp.mean(info.rel_residual.astype(jnp.float32)),
-        "failed": 1.0 - jnp.mean(info.converged.astype(jnp.float32)),
-        "internalization": jnp.mean(info.internalization.astype(jnp.float32)),
+        "solver_steps": jnp.mean(report.num_steps.astype(jnp.float32)),
+        "residual": jnp.mean(report.rel_residual.astype(jnp.float32)),
+        "failed": 1.0 - jnp.mean(report.successful.astype(jnp.float32)),
+        "internalization": jnp.mean(
+            report.extra["internalization"].astype(jnp.float32)
+        ),
     }
-    penalty = jnp.mean(info.jacobian_penalty.astype(jnp.float32))
+    penalty = jnp.mean(report.extra["jacobian_penalty"].astype(jnp.float32))
     return loss + penalty, metrics
 
 
@@ -287,15 +366,17 @@ def _attractor_evaluate(model, data):
     model = _for_precision(model)
     puzzles = jnp.asarray(data["puzzle"])
     labels = jnp.asarray(data["solution"])
-    logits, info = jax.vmap(model)(puzzles)
+    logits, report = jax.vmap(model)(puzzles)
     cells, exact = _sudoku_metrics(logits, labels, puzzles == 0)
     logits0, _ = jax.vmap(lambda x: model(x, steps=0))(puzzles)
     cells0, exact0 = _sudoku_metrics(logits0, labels, puzzles == 0)
     return {
         "accuracy": cells,
         "exact": exact,
-        "solver_steps": jnp.mean(info.num_steps.astype(jnp.float32)),
-        "internalization": jnp.mean(info.internalization.astype(jnp.float32)),
+        "solver_steps": jnp.mean(report.num_steps.astype(jnp.float32)),
+        "internalization": jnp.mean(
+            report.extra["internalization"].astype(jnp.float32)
+        ),
         "accuracy_T0": cells0,
         "exact_T0": exact0,
     }
@@ -361,6 +442,14 @@ class MonotoneDigitsOptions:
     max_solver_steps: int = 100
     test_fraction: float = 0.2
 
+    def __post_init__(self):
+        _check_options(
+            self,
+            ints=(("hidden", 1), ("max_solver_steps", 1)),
+            positive=("margin", "tol"),
+            fractions=("test_fraction",),
+        )
+
 
 class MonotoneDigitsClassifier(eqx.Module):
     """x (64 pixels) -> monotone DEQ (dense monotone weight, ReLU,
@@ -394,9 +483,9 @@ class MonotoneDigitsClassifier(eqx.Module):
         # The monotone operator's resolvent is a dense factorisation, which LAPACK
         # has no bfloat16 for: the equilibrium is always solved in float32.
         deq = _float32(self.deq)
-        z, sol = deq(x.astype(jnp.float32), backward_stats=backward_stats)
+        z, report = deq(x.astype(jnp.float32), backward_stats=backward_stats)
         z = z.astype(self.head.weight.dtype)
-        return self.head(z), _solve_stats(sol)
+        return self.head(z), _solve_stats(report)
 
 
 MONOTONE_DIGITS = Recipe(
@@ -431,6 +520,14 @@ class NODEDigitsOptions:
     width: int = 64
     tol: float = 1e-3
     test_fraction: float = 0.2
+
+    def __post_init__(self):
+        _check_options(
+            self,
+            ints=(("hidden", 1), ("width", 1)),
+            positive=("tol",),
+            fractions=("test_fraction",),
+        )
 
 
 class NODEDigitsClassifier(eqx.Module):
@@ -473,7 +570,7 @@ class NODEDigitsClassifier(eqx.Module):
         logits = self.head(y1.astype(self.head.weight.dtype))
         return logits, {
             "solver_steps": stats.num_steps.astype(jnp.float32),
-            "nfe": stats.nfe.astype(jnp.float32),
+            "nfe": stats.num_fn_evals.astype(jnp.float32),
         }
 
 
@@ -513,11 +610,20 @@ class EPDigitsOptions:
 
     hidden: int = 128
     beta: float = 0.2
-    estimator: str = "symmetric"
+    estimator: Literal["one_sided", "symmetric", "holomorphic"] = "symmetric"
     num_nudges: int = 4
     tol: float = 1e-5
     max_solver_steps: int = 100
     test_fraction: float = 0.2
+
+    def __post_init__(self):
+        _check_options(
+            self,
+            ints=(("hidden", 1), ("num_nudges", 1), ("max_solver_steps", 1)),
+            positive=("beta", "tol"),
+            fractions=("test_fraction",),
+            choices=(("estimator", ("symmetric", "one_sided", "holomorphic")),),
+        )
 
 
 class EPDigitsClassifier(eqx.Module):
@@ -531,7 +637,7 @@ class EPDigitsClassifier(eqx.Module):
 
     network: Any
     beta: float = eqx.field(static=True)
-    estimator: str = eqx.field(static=True)
+    estimator: Literal["one_sided", "symmetric", "holomorphic"] = eqx.field(static=True)
     num_nudges: int = eqx.field(static=True)
     tol: float = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
@@ -609,13 +715,14 @@ def _ep_loss(model, batch, key):
         jnp.sum(jax.lax.stop_gradient(g) * p.astype(jnp.float32))
         for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params))
     )
-    loss = jnp.mean(stats.loss) + inner - jax.lax.stop_gradient(inner)
+    nudged = stats.extra["nudged"]
+    loss = jnp.mean(stats.extra["loss"]) + inner - jax.lax.stop_gradient(inner)
     metrics = {
-        "accuracy": jnp.mean(jnp.argmax(stats.prediction, -1) == batch["y"]),
-        "solver_steps": jnp.mean(stats.free_steps).astype(jnp.float32),
-        "residual": jnp.mean(stats.free_residual).astype(jnp.float32),
-        "nudged_steps": jnp.mean(stats.nudged_steps).astype(jnp.float32),
-        "nudged_residual": jnp.mean(stats.nudged_residual).astype(jnp.float32),
+        "accuracy": jnp.mean(jnp.argmax(stats.extra["prediction"], -1) == batch["y"]),
+        "solver_steps": jnp.mean(stats.num_steps).astype(jnp.float32),
+        "residual": jnp.mean(stats.rel_residual).astype(jnp.float32),
+        "nudged_steps": jnp.mean(nudged.num_steps).astype(jnp.float32),
+        "nudged_residual": jnp.mean(nudged.rel_residual).astype(jnp.float32),
     }
     return loss, metrics
 
@@ -656,13 +763,36 @@ class CGSGraphsOptions:
     """
 
     task: str = "pagerank"
-    normalisation: str = "columns"
+    normalisation: Literal["degree", "rows", "columns"] = "columns"
     gamma: float = 0.95
     hidden: int = 16
     heads: int = 2
     num_graphs: int = 192
     test_graphs: int = 64
     data_seed: int = 0
+
+    def __post_init__(self):
+        _check_options(
+            self,
+            ints=(
+                ("hidden", 1),
+                ("heads", 1),
+                ("num_graphs", 2),
+                ("test_graphs", 1),
+                ("data_seed", 0),
+            ),
+            fractions=("gamma",),
+            choices=(
+                ("task", ("pagerank", "heat")),
+                ("normalisation", ("degree", "rows", "columns")),
+            ),
+        )
+        _require(
+            self,
+            self.test_graphs < self.num_graphs,
+            f"need test_graphs < num_graphs, got test_graphs={self.test_graphs}, "
+            f"num_graphs={self.num_graphs}.",
+        )
 
 
 _GRAPH_FIELDS = ("nodes", "senders", "receivers", "edges", "node_mask", "edge_mask")
@@ -698,10 +828,8 @@ class CGSGraphsRegressor(eqx.Module):
         statistics, for one padded [`jaxdeq.graph.Graph`][]."""
         cgs = _float32(self.cgs)
         graph = _float32(graph)
-        h, stats = cgs.solve(graph)
-        out = jax.vmap(cgs.decoder)(jnp.concatenate([h, graph.nodes], -1))
-        out = jnp.where(graph.node_mask[:, None], out, 0)
-        return out, {"residual": stats["rel_residual"].astype(jnp.float32)}
+        out, report = cgs(graph)
+        return out, {"residual": report.rel_residual.astype(jnp.float32)}
 
 
 def _batch_graphs(batch):
