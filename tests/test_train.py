@@ -343,11 +343,12 @@ def test_backward_statistics_logged_and_bfloat16_compute(tmp_path):
     full, _ = _train(tmp_path / "f32", 20, log_every=1, tensorboard=True)
     half, _ = _train(tmp_path / "bf16", 20, log_every=1, precision="bfloat16")
     # The implicit backward solve is logged every step: it ran, converged and met
-    # its tolerance (float32: rtol 1e-6). In bfloat16 (tolerance 1e-2) the logged
+    # its tolerance, which follows the forward solve's (the recipe's tol, 1e-4).
+    # In bfloat16 (tolerance 1e-2) the logged
     # residual is a batch mean of relative residuals measured with bfloat16
     # products, which is large for examples whose cotangent is nearly zero (the
     # well-classified ones): it is only bounded, not small.
-    for result, tol in ((full, 1e-5), (half, 1.0)):
+    for result, tol in ((full, 1e-4), (half, 1.0)):
         first, last = result.history[0], result.history[-1]
         for record in result.history:
             assert 1 <= record["backward_steps"] < 100
