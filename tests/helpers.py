@@ -15,6 +15,7 @@ import jax.random as jr
 import lineax as lx
 import numpy as np
 import optimistix as optx
+import pytest
 from jaxtyping import Array
 
 import jaxdeq
@@ -59,6 +60,31 @@ root_finders = tuple(
         linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12),
     ),
 )
+
+# The default `pytest` run (under 10 minutes on 2 cores) puts every solver through
+# the known-answer tests, and the compile-heavy ones (a diffrax ODE inside each step:
+# Homotopy's path, SteadyState's flow; 3-4 s to compile against 1-2 s) through the
+# rest of the battery in the slow stage (`pytest -m slow`).
+_COMPILE_HEAVY = (jaxdeq.Homotopy, jaxdeq.SteadyState)
+
+
+def battery(solvers):
+    """`solvers` as pytest parameters, the compile-heavy ones marked `slow`."""
+    return [
+        pytest.param(s, marks=pytest.mark.slow) if isinstance(s, _COMPILE_HEAVY) else s
+        for s in solvers
+    ]
+
+
+def slow_unless(values, keep, ids=None):
+    """`values` as pytest parameters, every one whose id is not in `keep` marked
+    `slow`: the default run keeps `keep`, the slow stage runs the rest."""
+    ids = [str(v) for v in values] if ids is None else ids
+    return [
+        pytest.param(v, id=i, marks=() if i in keep else pytest.mark.slow)
+        for v, i in zip(values, ids)
+    ]
+
 
 implicit_adjoints = (
     jaxdeq.ImplicitAdjoint(),

@@ -10,6 +10,7 @@ import jaxdeq
 
 from .helpers import (
     affine,
+    battery,
     finite_difference,
     fixed_point_solvers,
     implicit_adjoints,
@@ -77,7 +78,7 @@ def test_implicit_matches_finite_differences(adjoint, getkey):
         )
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_implicit_matches_unrolled(solver, getkey):
     args = tanh_args(getkey(), n=6, m=3, norm=0.8)
     implicit = jax.grad(_loss(tight_implicit, solver=solver))(args)

@@ -226,6 +226,7 @@ def _token_model(key, *, max_steps=16, dim=16, **kwargs):
     return AttractorRefiner(backbone, refiner, decoder, max_steps=max_steps, **kwargs)
 
 
+@pytest.mark.slow
 def test_tighter_tolerance_never_lowers_iterations(getkey):
     tokens = jr.randint(getkey(), (6, 8), 0, 12)
     model = _token_model(getkey(), max_steps=64)
@@ -242,6 +243,7 @@ def test_tighter_tolerance_never_lowers_iterations(getkey):
     assert np.all(steps[-1] > steps[0])
 
 
+@pytest.mark.slow
 def test_budgets_decode_proposal_and_steps(getkey):
     tokens = jr.randint(getkey(), (8,), 0, 12)
     model = _token_model(getkey())
@@ -264,6 +266,7 @@ def test_budgets_decode_proposal_and_steps(getkey):
     assert bool(report.successful)
 
 
+@pytest.mark.slow
 def test_attention_masks_restrict_information_flow(getkey):
     # Position i's output may depend only on the positions its mask allows.
     mask = sudoku_peers()
@@ -322,6 +325,7 @@ class ToyRefiner(eqx.Module):
         return self.gate * self.out(jnp.tanh(self.hidden(u)))
 
 
+@pytest.mark.slow
 def test_internalization_on_a_representable_task(getkey):
     # Targets are a linear function of the input, which the linear backbone can
     # represent on its own. Early on the refiner does the fitting and moves the
@@ -379,6 +383,7 @@ def test_internalization_on_a_representable_task(getkey):
     assert np.mean(steps[-100:]) < np.mean(steps[peak : peak + 100])
 
 
+@pytest.mark.slow
 def test_jacobian_penalty(affine, getkey):
     refiner, backbone, x, _ = affine
     model = _model(refiner, backbone, jacobian_weight=0.5)
@@ -391,6 +396,7 @@ def test_jacobian_penalty(affine, getkey):
     np.testing.assert_allclose(float(jnp.mean(penalties)), expected, rtol=0.05)
 
 
+@pytest.mark.slow
 def test_evaluate_budgets(getkey):
     tokens = jr.randint(getkey(), (10, 8), 0, 12)
     model = _token_model(getkey())

@@ -192,6 +192,7 @@ def test_solve_help_and_bad_model(capsys):
         main(["solve", "huggett", "--grid-size", "2"])
 
 
+@pytest.mark.slow
 def test_solve_reaches_the_closed_form_and_writes_plots(capsys, tmp_path):
     # 300 Adam and 300 L-BFGS steps: with the state constraint by construction and
     # L-BFGS in float64 the cake-eating PINN is already far below its targets (the
@@ -208,6 +209,7 @@ def test_solve_reaches_the_closed_form_and_writes_plots(capsys, tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_solve_huggett_prints_equilibrium_and_writes_plots(capsys, tmp_path):
     argv = ["solve", "huggett", "--grid-size", "100", "--out", str(tmp_path)]
     assert main(argv) == 0

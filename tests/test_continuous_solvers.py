@@ -153,6 +153,7 @@ def test_arclength_passes_a_turning_point():
     assert jnp.any(jnp.diff(lam) < 0)  # λ went back: a turning point was passed
 
 
+@pytest.mark.slow
 def test_matrix_free_equals_dense(getkey):
     w, u, x, b = tanh_args(getkey(), n=24, m=3, norm=0.9)
     z0 = 4.0 * jr.normal(getkey(), (24,))
@@ -181,8 +182,8 @@ def test_homotopy_reports_through_fixed_point(getkey):
 @pytest.mark.parametrize(
     "solver",
     [
-        jaxdeq.Homotopy(rtol=1e-8, atol=1e-10),
-        jaxdeq.SteadyState(rtol=1e-8, atol=1e-10),
+        pytest.param(jaxdeq.Homotopy(rtol=1e-8, atol=1e-10), marks=pytest.mark.slow),
+        pytest.param(jaxdeq.SteadyState(rtol=1e-8, atol=1e-10), marks=pytest.mark.slow),
     ],
 )
 def test_one_trace_and_vmap(solver, getkey):
@@ -217,6 +218,7 @@ class _TanhLinear(eqx.Module):
         return jnp.tanh(self.lin(jnp.concatenate([z, x])))
 
 
+@pytest.mark.slow
 def test_steady_state_deq_matches_anderson_and_fd(getkey):
     n, m = 6, 3
     cell = eqx.nn.Linear(n + m, n, key=getkey())

@@ -270,6 +270,7 @@ def test_loss_gradient_matches_finite_differences(ergodic_states, getkey):
 # --- Training ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_brock_mirman_training_reaches_targets(tmp_path):
     result = econ.solve_brock_mirman(seed=0, small=True)
     sol = result.solution

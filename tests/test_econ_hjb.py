@@ -27,7 +27,13 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n != "lqr_noise" else pytest.param(n, marks=pytest.mark.slow)
+        for n in MODELS
+    ],
+)
 def test_residual_vanishes_at_closed_form(name):
     model = MODELS[name]
     hjb = model.hjb()
@@ -66,10 +72,11 @@ def test_value_true_and_shape():
     assert econ.Merton().policies_true(jnp.array([1.0]))["risky_share"][
         0
     ] == pytest.approx(0.625)
-    with pytest.raises(NotImplementedError, match="gamma == alpha"):
+    with pytest.raises(ValueError, match="gamma == alpha.*has_closed_form"):
         econ.Growth(gamma=2.0).value_true(jnp.array([1.0]))
 
 
+@pytest.mark.slow
 def test_hard_conditions_hold_by_construction(getkey):
     # Cake-eating: consumption vanishes at the borrowing limit for any weights.
     m = econ.CakeEating()

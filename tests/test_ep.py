@@ -80,6 +80,7 @@ def test_estimate_converges_at_its_order(problem, estimator, num_nudges, order, 
     assert np.all(np.abs(rates - order) < 0.25), (errors, rates)
 
 
+@pytest.mark.slow
 def test_holomorphic_with_two_nudges_is_symmetric(problem):
     net, x, y, _ = problem
     g_sym, _ = ep.ep_gradient(net, x, y, beta=0.1, estimator="symmetric", solver=SOLVER)
@@ -111,6 +112,7 @@ def test_implicit_gradient_matches_finite_differences_and_unrolled(problem):
     np.testing.assert_allclose(_flat(g_unrolled), g_true, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_energy_network_structure(problem):
     net, x, _, _ = problem
     s0 = ep.free_phase(net, x, solver=SOLVER).value
@@ -126,6 +128,7 @@ def test_energy_network_structure(problem):
     assert float(net.energy(s_other, x)) > float(net.energy(s0, x))
 
 
+@pytest.mark.slow
 def test_generalised_ep_formula_and_bias():
     net = ep.LayeredNetwork(
         SIZES, symmetric=False, gain=2.0, dtype=jnp.float64, key=jr.PRNGKey(3)
@@ -163,6 +166,7 @@ def test_generalised_ep_formula_and_bias():
     np.testing.assert_allclose(_flat(g), _flat(g_true), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_homeostatic_loss():
     sym = ep.LayeredNetwork(SIZES, dtype=jnp.float64, key=jr.PRNGKey(5))
     asym = ep.LayeredNetwork(
@@ -191,6 +195,7 @@ def test_homeostatic_loss():
     assert float(ep.homeostatic_loss(stepped, s, x)) < 0.9 * float(exact)
 
 
+@pytest.mark.slow
 def test_vmap_float32_and_training_step():
     net = ep.LayeredNetwork((6, 8, 2), dtype=jnp.float32, key=jr.PRNGKey(7))
     xs = jr.normal(jr.PRNGKey(8), (4, 6), jnp.float32)
@@ -216,6 +221,7 @@ def test_vmap_float32_and_training_step():
     assert float(jnp.mean(stats.extra["loss"])) < float(loss0)
 
 
+@pytest.mark.slow
 def test_forced_failure_is_reported_per_sample_and_throw_raises(problem):
     net, x, y, _ = problem
     xs = jnp.stack([x, x.at[0].set(jnp.nan), 0.5 * x])

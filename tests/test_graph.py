@@ -124,6 +124,7 @@ def test_fixed_point_matches_dense_solve():
     )
 
 
+@pytest.mark.slow
 def test_batches_vmap_and_disjoint_union():
     graphs = [_random_graph(s) for s in (3, 4, 5)]
     model = _model(method="iterate", solver=TIGHT, activation="tanh")
@@ -161,6 +162,7 @@ def _fd_check(model, g, loss_fn):
 
 
 @pytest.mark.parametrize("activation", ["identity", "tanh"])
+@pytest.mark.slow
 def test_gradients_match_finite_differences_and_unrolled(activation):
     g = _random_graph(6)
     target = jnp.asarray(np.random.default_rng(0).normal(size=(N, 2)))
@@ -183,6 +185,7 @@ def test_gradients_match_finite_differences_and_unrolled(activation):
     np.testing.assert_allclose(implicit, unrolled, rtol=1e-8, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_graph_readout_and_training_reduces_loss():
     graphs = [_random_graph(s) for s in range(6)]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *graphs)
@@ -224,6 +227,7 @@ def test_graph_readout_and_training_reduces_loss():
         jgraph.ConvergentGraphSolver(F, 3, key=jr.PRNGKey(2))(graphs[0])
 
 
+@pytest.mark.slow
 def test_forced_failure_is_reported_per_graph_and_throw_raises():
     # A graph without edges is solved at once (T(B) = B); the others need more
     # than two steps at this tolerance.

@@ -58,6 +58,7 @@ def _check(sol, r_tol, s_tol, hjb_tol, mass_low=0.005):
     assert abs(float(sol.r) - R_STAR_FD_REFERENCE) < r_tol
 
 
+@pytest.mark.slow  # about 5 minutes of compilation and fitting on 2 cores
 def test_huggett_pinn_small():
     # Small networks and few steps, one solve at the FD r*: there the PINN's
     # equilibrium conditions must hold. S(r) has slope about 6 near r* (FD:

@@ -9,10 +9,11 @@ import pytest
 
 import jaxdeq
 
-from .helpers import tanh_args, tanh_cell
+from .helpers import battery, slow_unless, tanh_args, tanh_cell
 
 
 SOLVER = jaxdeq.Anderson(rtol=1e-12, atol=1e-13)
+_ADJOINT_IDS = [f"adjoint{i}" for i in range(5)]
 ADJOINTS = (
     jaxdeq.ImplicitAdjoint(),
     jaxdeq.ImplicitAdjoint(linear_solver=lx.GMRES(rtol=1e-12, atol=1e-12)),
@@ -37,7 +38,9 @@ def _solve(adjoint, solver=SOLVER, entry=jaxdeq.fixed_point):
     return solve
 
 
-@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize(
+    "adjoint", slow_unless(ADJOINTS, {"adjoint0", "adjoint2", "adjoint3"}, _ADJOINT_IDS)
+)
 def test_jacfwd_equals_jacrev(adjoint, getkey):
     args = tanh_args(getkey(), n=4, m=2, norm=0.8)
     solve = _solve(adjoint)
@@ -63,9 +66,11 @@ def test_jvp_matches_finite_differences_and_optimistix(getkey):
 
 @pytest.mark.parametrize(
     "solver",
-    (
-        jaxdeq.Broyden(rtol=1e-12, atol=1e-12),
-        jaxdeq.Homotopy(rtol=1e-12, atol=1e-12),
+    battery(
+        (
+            jaxdeq.Broyden(rtol=1e-12, atol=1e-12),
+            jaxdeq.Homotopy(rtol=1e-12, atol=1e-12),
+        )
     ),
 )
 def test_jvp_with_jaxdeq_solvers_in_optimistix(solver, getkey):
@@ -109,6 +114,7 @@ def test_neumann_jvp_formula(getkey):
     np.testing.assert_allclose(t, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_splitting_adjoint_jacfwd_equals_jacrev(getkey):
     from jaxdeq import monotone
 

@@ -13,12 +13,16 @@ import pytest
 
 import jaxdeq
 
-from .helpers import layers
+from .helpers import layers, slow_unless
 
 
 BATCH = 4
 TOL = 1e-11
 _ids = [case.name for case in layers]
+# The default run checks gradients and bfloat16 on the cheapest layers to compile;
+# the slow stage checks every layer (each family's own module also checks its
+# gradients against finite differences).
+_CHEAP = {"DEQ", "MonDEQ"}
 
 
 def _batched(case, layer, inputs):
@@ -72,7 +76,7 @@ def test_no_recompile_when_only_data_changes(case, getkey):
     assert len(traces) == 1
 
 
-@pytest.mark.parametrize("case", layers, ids=_ids)
+@pytest.mark.parametrize("case", slow_unless(layers, _CHEAP, _ids))
 def test_gradient_matches_finite_differences(case, getkey):
     layer = case.make(getkey(), jnp.float64, tol=TOL, max_steps=500, throw=False)
     inputs = case.inputs(getkey(), BATCH, jnp.float64)
@@ -127,8 +131,18 @@ def test_forced_failure_is_reported_per_sample(case, getkey):
 
 @pytest.mark.parametrize(
     "case, dtype",
-    [(case, dtype) for case in layers for dtype in case.dtypes],
-    ids=[f"{case.name}-{jnp.dtype(d).name}" for case in layers for d in case.dtypes],
+    [
+        pytest.param(
+            case,
+            dtype,
+            id=f"{case.name}-{jnp.dtype(dtype).name}",
+            marks=()
+            if dtype != jnp.bfloat16 or case.name in _CHEAP
+            else pytest.mark.slow,
+        )
+        for case in layers
+        for dtype in case.dtypes
+    ],
 )
 def test_low_precision_inputs(case, dtype, getkey):
     tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5

@@ -92,6 +92,7 @@ def _solve_all(problem, starts):
     }
 
 
+@pytest.mark.slow
 def test_solvers_agree_from_many_starts_and_match_generic(getkey):
     problem = _problem(getkey())
     starts = 10 * jr.normal(getkey(), (12, N))
@@ -171,7 +172,9 @@ _ADJOINTS = {
 }
 
 
-@pytest.mark.parametrize("solver_name", ["pr", "fb"])
+@pytest.mark.parametrize(
+    "solver_name", ["pr", pytest.param("fb", marks=pytest.mark.slow)]
+)
 def test_gradients_match_finite_differences_and_unrolled(solver_name, getkey):
     solver = eqx.tree_at(
         lambda s: (s.rtol, s.atol), _SOLVERS[solver_name], (1e-13, 1e-14)
@@ -227,6 +230,7 @@ def _layer(key, dtype=None, rtol=1e-10):
     )
 
 
+@pytest.mark.slow
 def test_mondeq_layer_batched_per_sample(getkey):
     layer = _layer(getkey())
     x = jr.normal(getkey(), (6, 5))
@@ -258,6 +262,7 @@ def test_mondeq_layer_float32_and_training_step(getkey):
     assert z.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_mondeq_with_generic_solver_and_adjoint(getkey):
     layer = _layer(getkey())
     generic = eqx.tree_at(
@@ -311,6 +316,7 @@ def test_errors(getkey):
         jaxdeq.SplittingAdjoint(solver=jaxdeq.Anderson(1e-6, 1e-6))
 
 
+@pytest.mark.slow
 def test_tune_step_size(getkey):
     layer = _layer(getkey(), rtol=1e-6)
     x = jr.normal(getkey(), (4, 5))

@@ -46,6 +46,7 @@ def test_coupling_is_monotone_symmetric_and_zero_within_groups(getkey):
             assert float(jnp.max(jnp.abs(block))) == 0.0
 
 
+@pytest.mark.slow
 def test_mean_field_equations_and_clamping(getkey):
     dbm = _model(getkey())
     q, report = dbm()
@@ -81,6 +82,7 @@ def test_mean_field_equations_and_clamping(getkey):
         np.testing.assert_allclose(other, q, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_marginals_beat_naive_mean_field_on_exact_model(getkey):
     # Eight binary variables with strong frustrated couplings: the naive parallel
     # mean-field iteration falls into a period-2 oscillation.
@@ -155,6 +157,7 @@ def test_gradients(getkey):
         )
 
 
+@pytest.mark.slow
 def test_batched_masks_float32(getkey):
     dbm = monotone.MonotoneDBM(
         ((5, 3), (1, 4)), margin=0.3, key=getkey(), dtype=jnp.float32

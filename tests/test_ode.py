@@ -188,6 +188,7 @@ def test_nfe_is_exact(solver, controller, dt0):
         assert int(stats.extra["num_rejected_steps"]) > 0
 
 
+@pytest.mark.slow
 def test_nfe_steady_state_and_homoode(getkey):
     counter = [0]
     matrix = jnp.array([[2.0, 0.5], [0.5, 1.0]])
@@ -239,6 +240,7 @@ def test_nfe_not_counted_is_minus_one(solver, controller):
 #
 
 
+@pytest.mark.slow
 def test_augment_vector_and_image_states(getkey):
     y1, _ = ode.NeuralODE(Decay(jnp.array(1.0)), augment=2)(jnp.ones(3))
     assert y1.shape == (5,)
@@ -300,6 +302,7 @@ def test_neural_ode_gradients_match_finite_differences(adjoint, getkey):
     _check_fd(loss, (params, y0), getkey())
 
 
+@pytest.mark.slow
 def test_steady_state_reaches_target_and_implicit_gradients(getkey):
     m = jr.normal(getkey(), (3, 3))
     matrix = m @ m.T / 3 + jnp.eye(3)
@@ -344,6 +347,7 @@ def test_steady_state_not_reached_before_t1_is_failure(getkey):
         jax.block_until_ready(raising(jnp.zeros(3)))
 
 
+@pytest.mark.slow
 def test_steady_state_of_a_nonlinear_field(getkey):
     """A contractive field y' = tanh(W y) + b - y: its steady state is a DEQ's fixed
     point; implicit and checkpointed gradients both match finite differences."""
@@ -380,6 +384,7 @@ def test_steady_state_of_a_nonlinear_field(getkey):
         _check_fd(loss, (w, b), getkey())
 
 
+@pytest.mark.slow
 def test_homoode_gradients_match_finite_differences(getkey):
     field = ode.ConcatField(3, 2, 6, depth=1, key=getkey())
     model = ode.HomoODE(
@@ -604,6 +609,7 @@ def _failing_block(**kwargs):
     return ode.NeuralODE(Decay(jnp.array(1.0)), stepsize_controller=TIGHT, **kwargs)
 
 
+@pytest.mark.slow
 def test_forced_failure_is_reported_per_sample_and_throw_raises():
     ys = jnp.stack([jnp.zeros(2), jnp.ones(2), jnp.zeros(2)])
     _, report = jax.vmap(_failing_block(max_steps=8))(ys)

@@ -202,6 +202,7 @@ def test_value_network_hard_condition_is_exact(getkey):
 
 @hypothesis.settings(deadline=None, max_examples=6)
 @hypothesis.given(seed=st.integers(0, 2**31 - 1), concave=st.booleans())
+@pytest.mark.slow
 def test_shape_constrained_network_has_its_shape(seed, concave):
     key = jr.PRNGKey(seed)
     net = pinn.ShapeConstrainedNetwork(

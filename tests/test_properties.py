@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 
 import jaxdeq
 
@@ -30,6 +31,7 @@ def _all_solutions(w, u, x, b):
     norm=st.floats(0.05, 0.95),
     scale=st.floats(0.1, 3.0),
 )
+@pytest.mark.slow
 def test_every_solver_reaches_the_same_point(seed, norm, scale):
     k1, k2, k3, k4 = jr.split(jr.PRNGKey(seed), 4)
     w = jr.normal(k1, (N, N))

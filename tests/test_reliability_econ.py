@@ -253,6 +253,13 @@ def test_closed_form_is_a_marker_class():
     # Marking a model as closed-form without giving the closed form is an error.
     with pytest.raises(TypeError, match="abstract"):
         NoClosedForm()
+    # The hooks are abstract too: a model states them, none is a silent default.
+    hooks = {"shape_violation", "residual_scale", "initial_guess"}
+    assert hooks <= econ.AbstractHJBModel.__abstractmethods__
+    z = jnp.ones(2, jnp.float32)
+    assert econ.no_shape_violation(None, z).dtype == jnp.float32
+    assert econ.no_shape_violation(None, z) == 0
+    assert econ.discount_scale(z, {"discount": jnp.asarray(-2.0)}) == 2.0
 
 
 def test_evaluate_hjb_skips_a_closed_form_that_does_not_hold():
@@ -264,6 +271,7 @@ def test_evaluate_hjb_skips_a_closed_form_that_does_not_hold():
     assert report["value"]["rel_l2"] < 1e-12
 
 
+@pytest.mark.slow
 def test_deqn_solution_reports_result_and_loss():
     solver = econ.DEQN(
         width=4,

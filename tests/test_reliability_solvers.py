@@ -14,6 +14,7 @@ import jaxdeq
 
 from .helpers import (
     affine,
+    battery,
     fixed_point_solvers,
     monotone_problem,
     splitting_solvers,
@@ -27,7 +28,7 @@ def _true_residual(fn, value, args):
     return jnp.linalg.norm(f_value - value), jnp.linalg.norm(f_value)
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_max_steps_reports_the_returned_value(solver, getkey):
     # Stopped early, a solver must report the residual of what it returns (Anderson
     # used to return the next extrapolation with the previous residual).
@@ -81,6 +82,7 @@ def test_steady_state_without_steady_state_diverges():
     assert sol.result == jaxdeq.RESULTS.fixed_point_diverged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rtol", [1e-3, 1e-6])
 def test_relative_test_does_not_pass_on_growth_alone(rtol):
     # A looser rtol would let ||f(z)|| ~ 1/rtol pass the relative test long before

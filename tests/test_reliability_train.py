@@ -308,6 +308,18 @@ def test_resume_with_another_configuration_is_refused(tmp_path, change, field):
         _train(tmp_path, 10, resume=True, **change)
 
 
+def test_resume_in_another_numerical_environment_is_refused(tmp_path):
+    # The test session runs in 64-bit mode; a checkpoint written without it is
+    # not resumed bit-exactly with it (intermediate dtypes differ), so refused.
+    with jax.enable_x64(False):
+        _train(tmp_path, 5)
+    with pytest.raises(ValueError, match="x64: False -> True.*--force"):
+        _train(tmp_path, 10, resume=True)
+    resumed, messages = _train(tmp_path, 10, resume=True, force=True)
+    assert resumed.resumed_from == 5
+    assert any("forced resume" in m and "x64" in m for m in messages)
+
+
 def test_forced_resume_is_recorded(tmp_path):
     _train(tmp_path, 5)
     result, messages = _train(tmp_path, 10, resume=True, seed=3, force=True)
@@ -374,6 +386,8 @@ def test_repeated_damage_of_one_step_never_collides(tmp_path):
 
 _SCRIPT = """
 import sys
+import jax
+jax.config.update("jax_enable_x64", True)  # as the test session (tests/conftest.py)
 sys.path.insert(0, {root!r})
 import jaxdeq.train as jtrain
 from tests.test_reliability_train import TOY

@@ -11,6 +11,7 @@ import jaxdeq
 from .helpers import (
     affine,
     affine_solution,
+    battery,
     bracketed_root_finders,
     contraction,
     cosine,
@@ -40,13 +41,13 @@ def test_affine_known_answer(solver, getkey):
     np.testing.assert_allclose(sol.stats["abs_residual"], exact_abs, rtol=1e-6)
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_scalar_equation(solver):
     sol = optx.fixed_point(cosine, solver, jnp.array(1.0), max_steps=200)
     np.testing.assert_allclose(sol.value, DOTTIE, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_pytree_state(solver, getkey):
     w = contraction(getkey(), 6, norm=0.7)
     b = jr.normal(getkey(), (6,))
@@ -68,6 +69,7 @@ def test_broyden_in_root_find(solver):
     np.testing.assert_allclose(sol.value["y"], jnp.arcsinh(1.0), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_anderson_beats_picard_on_slow_modes(getkey):
     # Eigenvalues 0.99 ... 0.9 on a few directions: plain iteration needs hundreds of
     # steps, Anderson a few dozen.
@@ -95,7 +97,7 @@ def test_anderson_beats_picard_on_slow_modes(getkey):
         np.testing.assert_allclose(sol.value, exact, atol=2e-6 * jnp.linalg.norm(exact))
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_vmap_equals_loop(solver, getkey):
     w, u, _, b = tanh_args(getkey(), n=6, m=3, norm=0.9)
     xs = jr.normal(getkey(), (5, 3))
@@ -149,7 +151,7 @@ def test_no_recompile_when_data_changes(solver, getkey):
     assert len(traces) == count
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_max_steps_changes_only_budget(solver, getkey):
     args = tanh_args(getkey())
     small = jaxdeq.fixed_point(tanh_cell, solver, jnp.zeros(6), args, max_steps=100)
@@ -203,7 +205,7 @@ def test_max_steps_reached_is_reported(getkey):
         jaxdeq.fixed_point(affine, solver, jnp.zeros(8), (w, b), max_steps=3)
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_divergence_is_reported(solver):
     # z -> z^2 + 1 has no real fixed point; iterates blow up.
     fn = lambda z, _: z**2 + 1.0
@@ -213,7 +215,7 @@ def test_divergence_is_reported(solver):
         jaxdeq.fixed_point(fn, solver, jnp.array([0.5]), max_steps=500)
 
 
-@pytest.mark.parametrize("solver", fixed_point_solvers)
+@pytest.mark.parametrize("solver", battery(fixed_point_solvers))
 def test_nan_is_reported(solver):
     fn = lambda z, _: jnp.log(z - 2.0)
     sol = jaxdeq.fixed_point(fn, solver, jnp.array([1.0, 0.0]), throw=False)

@@ -58,6 +58,7 @@ def _train(run_dir, steps, **kwargs):
     return result, messages
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
     straight, _ = _train(tmp_path / "a", 30)
     _train(tmp_path / "b", 20)
@@ -75,6 +76,7 @@ def test_damaged_checkpoint_is_skipped_and_resume_is_exact(tmp_path):
     assert jtrain.plot_history(history, tmp_path / "p.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bad_input_fails_before_compute(tmp_path):
     with pytest.raises(ValueError, match="does not divide"):
         _train(tmp_path / "c", 5, accumulate=3)
@@ -265,6 +267,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert steps[-1] < 5000 and _record(tmp_path / "t", steps[-1])["step"] == steps[-1]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     # The recipe's loss is a batch mean, so the mean of two half-batch gradients is
     # the full-batch gradient: the runs agree to float32 rounding.
@@ -339,6 +342,7 @@ def test_two_processes_agree_with_one(tmp_path):
     assert (tmp_path / "d" / "checkpoints" / "4").exists()
 
 
+@pytest.mark.slow
 def test_backward_statistics_logged_and_bfloat16_compute(tmp_path):
     full, _ = _train(tmp_path / "f32", 20, log_every=1, tensorboard=True)
     half, _ = _train(tmp_path / "bf16", 20, log_every=1, precision="bfloat16")
@@ -397,6 +401,7 @@ def _tensorboard_scalars(directory):
     return scalars
 
 
+@pytest.mark.slow
 def test_attractor_recipe_trains_and_evaluates(tmp_path):
     options = jtrain.AttractorSudokuOptions(
         dim=16, train_puzzles=64, augment=2, test_puzzles=16
@@ -421,6 +426,7 @@ def test_attractor_recipe_trains_and_evaluates(tmp_path):
     assert (tmp_path / "checkpoints" / "6").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, options, precision, solver_metric",
     [
@@ -485,6 +491,7 @@ def test_other_family_recipes_train(tmp_path, name, options, precision, solver_m
     assert (tmp_path / "checkpoints" / "8").exists()
 
 
+@pytest.mark.slow
 def test_ep_recipe_gradient_is_the_ep_estimate(getkey):
     # The loop differentiates the recipe's loss; that gradient must be the batch
     # mean of jaxdeq.ep.ep_gradient's estimates (not backpropagation), and the

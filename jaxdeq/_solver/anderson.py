@@ -39,21 +39,27 @@ _COND_MARGIN = 100.0
 def _spd_solve(h: Array, rhs: Array) -> tuple[Array, Array]:
     """Solve `h x = rhs` for a small Hermitian positive definite `h`.
 
-    Gaussian elimination without pivoting (stable for positive definite matrices),
-    unrolled over the static size: under `vmap` it is a handful of vectorised ops,
-    several times faster on CPU than batched LAPACK calls. Also returns the smallest
-    pivot, a cheap witness of (near-)singularity.
+    Gaussian elimination without pivoting (stable for positive definite matrices)
+    in a `fori_loop` over the rows: under `vmap` each elimination step is a handful
+    of vectorised ops (faster on CPU than batched LAPACK calls), and the compiled
+    program does not grow with the memory (a Python-unrolled elimination compiles
+    in time linear in it: about 9 s at memory 64). Also returns the smallest pivot,
+    a cheap witness of (near-)singularity.
     """
-    m = h.shape[0]
-    pivots = []
-    for k in range(m):
-        pivot = h[k, k]
-        pivots.append(jnp.real(pivot))
-        factor = h[:, k] / pivot
-        factor = jnp.where(jnp.arange(m) == k, 0, factor)
-        h = h - factor[:, None] * h[k][None, :]
+    index = jnp.arange(h.shape[0])
+
+    def eliminate(k, carry):
+        h, rhs, min_pivot = carry
+        row = h[k]
+        pivot = row[k]
+        factor = jnp.where(index == k, 0, h[:, k] / pivot)
+        h = h - factor[:, None] * row[None, :]
         rhs = rhs - factor * rhs[k]
-    return rhs / jnp.diagonal(h), jnp.min(jnp.stack(pivots))
+        return h, rhs, jnp.minimum(min_pivot, jnp.real(pivot))
+
+    min_pivot = jnp.asarray(jnp.inf, jnp.real(h).dtype)
+    h, rhs, min_pivot = jax.lax.fori_loop(0, h.shape[0], eliminate, (h, rhs, min_pivot))
+    return rhs / jnp.diagonal(h), min_pivot
 
 
 class _AndersonState(AbstractReportingState):

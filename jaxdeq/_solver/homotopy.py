@@ -23,6 +23,7 @@ from .._misc import (
     write_row,
 )
 from .._solution import AbstractReportingState
+from ._autodiff import safe_size
 
 
 _KINDS = ("fixed_point", "newton")
@@ -67,11 +68,13 @@ def _homotopy(kind: str, g: Callable, z0: Array, g0: Array) -> Callable:
 
 
 def _unit(v: Array) -> Array:
-    return v / jnp.sqrt(jnp.sum(jnp.abs(v) ** 2)).astype(v.dtype)
+    return v / _size(v).astype(v.dtype)
 
 
 def _size(v: Array) -> Array:
-    return jnp.sqrt(jnp.sum(jnp.abs(v) ** 2))
+    # Differentiable at v = 0 (a zero correction, a zero error estimate), for solves
+    # differentiated through their iterations.
+    return safe_size(v)
 
 
 def _runaway(lam0, lam1, r0, r1, r_max, slope_prev, r_prev):
@@ -183,7 +186,8 @@ def _one_step(term, predictor, s0, s1, y, r):
     y1, y_error, _, _, _ = predictor.step(term, s0, s1, y, r, solver_state, False)
     if y_error is None:
         return y1, jnp.zeros((), jnp.real(y).dtype)
-    return y1, jnp.sqrt(jnp.sum(jnp.abs(y_error) ** 2))
+    # The error estimate only sizes the next step: no derivative.
+    return y1, _size(jax.lax.stop_gradient(y_error))
 
 
 class _HomotopyState(AbstractReportingState):
@@ -507,7 +511,7 @@ class Homotopy(optx.AbstractRootFinder):
         def body(carry):
             k, x, hx, last_dx, _ = carry
             dx = path.solve(x, r, hx, 0)
-            dx_norm = jnp.sqrt(jnp.sum(jnp.abs(dx) ** 2))
+            dx_norm = _size(dx)
             h_new = path.residual(x - dx)
             # Newton must contract (each step at most half the last): a corrector that
             # does not is converging slowly, or towards another part of the curve.
@@ -529,8 +533,8 @@ class Homotopy(optx.AbstractRootFinder):
         # Accept a converged corrector that stayed near the prediction: a corrector that
         # moves far relative to the predictor step risks jumping to another part of the
         # curve (and reversing the direction of travel).
-        step_length = jnp.sqrt(jnp.sum(jnp.abs(pred - y_now) ** 2))
-        moved = jnp.sqrt(jnp.sum(jnp.abs(corrected - pred) ** 2))
+        step_length = _size(pred - y_now)
+        moved = _size(corrected - pred)
         near = moved <= _MAX_CORRECTION * step_length + loose
         accept = jnp.isfinite(h_norm) & (h_norm <= loose) & near
         if self.kind == "fixed_point":
@@ -585,7 +589,9 @@ class Homotopy(optx.AbstractRootFinder):
         if arclength:
             # And from the turn of the tangent: aim at half the largest turn allowed.
             assert cos_turn is not None
-            turn = jnp.arccos(cos_turn)
+            # (arccos has an infinite derivative at 1, a straight path; the step size
+            # carries no derivative anyway, see below.)
+            turn = jnp.arccos(jax.lax.stop_gradient(cos_turn))
             aim = 0.5 * math.acos(_MIN_COS_TURN)
             factor = jnp.minimum(
                 factor, jnp.clip(aim / (turn + 1e-12), 0.2, self.growth)
@@ -596,6 +602,9 @@ class Homotopy(optx.AbstractRootFinder):
             jnp.minimum(state.step_size * factor, self.max_step),
         )
         new_size = jnp.where(retreat, 0.25 * state.step_size, new_size)
+        # Step-size control is bookkeeping: when the solve is differentiated through
+        # its iterations, the derivative follows the path, not the controller.
+        new_size = jax.lax.stop_gradient(new_size)
 
         # The residual of exactly the value returned (and its auxiliary output): one
         # evaluation of g at the new point.
@@ -610,14 +619,17 @@ class Homotopy(optx.AbstractRootFinder):
         # A path running off to infinity before λ = 1 is reported within
         # _RUNAWAY_STEPS accepted steps, not after max_steps.
         radius_now, radius_new = _size(z_now), _size(corrected[:-1])
-        away, slope, radius = _runaway(
-            mu_now / state.scale,
-            mu_new / state.scale,
-            radius_now,
-            radius_new,
-            state.radius_max,
-            state.runaway_slope,
-            state.runaway_radius,
+        # Divergence detection is bookkeeping too: no derivatives.
+        away, slope, radius = jax.lax.stop_gradient(
+            _runaway(
+                mu_now / state.scale,
+                mu_new / state.scale,
+                radius_now,
+                radius_new,
+                state.radius_max,
+                state.runaway_slope,
+                state.runaway_radius,
+            )
         )
         counted = accepted & jnp.invert(crossed)
         runaway_steps = jnp.where(

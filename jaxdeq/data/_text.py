@@ -2,7 +2,7 @@ import os
 import sysconfig
 
 import numpy as np
-from jaxtyping import Int
+from jaxtyping import Integer
 
 
 # Index 0 stands for any character outside the vocabulary.
@@ -22,7 +22,7 @@ _SKIP_DIRS = {
 }
 
 
-def encode_text(text: str) -> Int[np.ndarray, " n"]:
+def encode_text(text: str) -> Integer[np.ndarray, " n"]:
     """Encode text as character ids of [`jaxdeq.data.TEXT_VOCAB`][].
 
     Tab, newline and printable ASCII get their own ids; every other character maps
@@ -41,7 +41,7 @@ def encode_text(text: str) -> Int[np.ndarray, " n"]:
     return np.where(codes < 128, ids, 0).astype(np.uint8)
 
 
-def decode_text(ids: Int[np.ndarray, " n"]) -> str:
+def decode_text(ids: Integer[np.ndarray, " n"]) -> str:
     """Decode character ids back to text (unknown characters become `"\\x00"`)."""
     ids = np.asarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() >= len(TEXT_VOCAB)):
@@ -86,7 +86,9 @@ def load_stdlib_text(
     max_test_chars: int | None = None,
     seed: int = 0,
     root: str | None = None,
-) -> tuple[Int[np.ndarray, " train"], Int[np.ndarray, " test"], list[str], list[str]]:
+) -> tuple[
+    Integer[np.ndarray, " train"], Integer[np.ndarray, " test"], list[str], list[str]
+]:
     """Character-level text from the Python standard library's sources, split by file.
 
     A corpus that ships with every Python: the `.py` files of the standard library

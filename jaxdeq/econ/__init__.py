@@ -54,8 +54,10 @@ from ._hjb import (
     AbstractClosedFormHJBModel as AbstractClosedFormHJBModel,
     AbstractHJBModel as AbstractHJBModel,
     crra as crra,
+    discount_scale as discount_scale,
     evaluate_hjb as evaluate_hjb,
     HJBSolution as HJBSolution,
+    no_shape_violation as no_shape_violation,
     plot_hjb as plot_hjb,
     solve_hjb as solve_hjb,
 )

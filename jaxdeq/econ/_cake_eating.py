@@ -8,6 +8,8 @@ from ._hjb import (
     _log_uniform_and_uniform,
     AbstractClosedFormHJBModel,
     crra,
+    discount_scale,
+    no_shape_violation,
     positive_marginal_value,
 )
 
@@ -85,6 +87,15 @@ class CakeEating(AbstractClosedFormHJBModel):
 
     def evaluation_points(self, num):
         return jnp.linspace(self.a_min, self.a_max, num)[:, None]
+
+    def shape_violation(self, value_fn, z):
+        return no_shape_violation(value_fn, z)
+
+    def residual_scale(self, z, terms):
+        return discount_scale(z, terms)
+
+    def initial_guess(self, z):
+        return None
 
     def policies(self, value_fn, z):
         return {"consumption": self.hjb().controls(value_fn, z)}

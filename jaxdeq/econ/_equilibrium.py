@@ -603,8 +603,8 @@ def solve_equilibrium(
     *,
     r0: float | None = None,
     bracket: tuple[float, float] | None = None,
-    rtol: float = 1e-12,
-    atol: float = 1e-14,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 60,
     throw: bool = True,
     check_grid: bool = True,
@@ -633,7 +633,9 @@ def solve_equilibrium(
     - `bracket`: `(lower, upper)` (default `economy.bracket()`); $S$ must change
         sign on it.
     - `rtol`, `atol`: stop when the Newton step is at most `atol` $+$ `rtol`
-        $|r|$.
+        $|r|$. Defaults follow the economy's dtype: $10^{-12}$ and $10^{-14}$ in
+        float64; $100\epsilon$ and $\epsilon$ otherwise ($1.2 \cdot 10^{-5}$ and
+        $1.2 \cdot 10^{-7}$ in float32), which a float32 solve can reach.
     - `max_steps`: the most root-finding steps.
     - `throw`: raise if the equilibrium is not found.
     - `check_grid`: warn ([`jaxdeq.econ.CoarseGridWarning`][], with an estimate of
@@ -667,8 +669,8 @@ def _solve(
     *,
     r0=None,
     bracket=None,
-    rtol=1e-12,
-    atol=1e-14,
+    rtol=None,
+    atol=None,
     max_steps=60,
     throw=True,
     warn,
@@ -683,6 +685,11 @@ def _solve(
         _check_bracket(bracket, economy.household().rho)
     max_steps = _as_int("max_steps", max_steps)
     dtype = jnp.result_type(economy.household().rho)
+    eps = float(jnp.finfo(dtype).eps)
+    if rtol is None:
+        rtol = 1e-12 if jnp.dtype(dtype) == jnp.float64 else 100 * eps
+    if atol is None:
+        atol = 1e-14 if jnp.dtype(dtype) == jnp.float64 else eps
     economy = _strongly_typed(economy, dtype)
     lower, upper = bracket if bracket is not None else economy.bracket()
     r0 = 0.5 * (lower + upper) if r0 is None else r0

@@ -9,6 +9,7 @@ from ._hjb import (
     _log_uniform_and_uniform,
     AbstractClosedFormHJBModel,
     crra,
+    discount_scale,
     positive_marginal_value,
 )
 
@@ -108,10 +109,16 @@ class Growth(AbstractClosedFormHJBModel):
         """Whether $\\gamma = \\alpha$, where the closed form holds."""
         return self.gamma == self.alpha
 
+    def residual_scale(self, z, terms):
+        return discount_scale(z, terms)
+
     def _check_closed_form(self):
         if self.gamma != self.alpha:
-            raise NotImplementedError(
-                "The growth model has a closed form only when gamma == alpha."
+            raise ValueError(
+                "Growth.value_true/policies_true: the closed form holds only when "
+                f"gamma == alpha (here gamma={self.gamma}, alpha={self.alpha}). Check "
+                "`model.has_closed_form` (or `jaxdeq.econ.has_closed_form(model)`) "
+                "first, or compare with an independent solution."
             )
 
     def value_true(self, z):

@@ -41,11 +41,16 @@ class AbstractHJBModel(eqx.Module):
     (`value_network`), where its accuracy is reported (`evaluation_points`) and
     its named policies (`policies`). A model that knows its closed form subclasses
     [`jaxdeq.econ.AbstractClosedFormHJBModel`][] instead, which adds `value_true`
-    and `policies_true`. `initial_guess`, when given, is a value
-    function an economist would start an iteration from (for example the value of
-    staying at the current state forever); the network is fitted to it before the
-    residual is minimised, which puts the optimiser in the basin of the right
-    solution of an equation that has several.
+    and `policies_true`.
+
+    Three hooks are abstract too, so that a model states them rather than
+    inheriting a silent default: `shape_violation` (a shape penalty, or
+    [`jaxdeq.econ.no_shape_violation`][]), `residual_scale` (what the residual is
+    divided by, usually [`jaxdeq.econ.discount_scale`][]) and `initial_guess` (a
+    value function an economist would start an iteration from, such as the value
+    of staying at the current state forever, or `None`). The network is fitted to
+    an initial guess before the residual is minimised, which puts the optimiser in
+    the basin of the right solution of an equation that has several.
     """
 
     @abc.abstractmethod
@@ -68,24 +73,42 @@ class AbstractHJBModel(eqx.Module):
     def policies(self, value_fn: Callable, z: Float[Array, " n"]) -> dict[str, Array]:
         """Named policies at one point, from the first-order conditions."""
 
+    @abc.abstractmethod
     def shape_violation(self, value_fn: Callable, z: Float[Array, " n"]) -> Scalar:
         """A non-negative measure of how far `value_fn` is from the shape the
-        value function is known to have (see [`jaxdeq.pinn.shape_violation`][]),
-        added to the loss; 0 (no shape known) by default."""
-        del value_fn
-        return jnp.zeros((), jnp.result_type(z))
+        value function is known to have at `z` (for example
+        [`jaxdeq.pinn.shape_violation`][] for one that is increasing and concave),
+        added to the loss with `shape_weight`. A model that knows no shape returns
+        [`jaxdeq.econ.no_shape_violation`][]`(value_fn, z)`, a zero."""
 
+    @abc.abstractmethod
     def residual_scale(self, z: Float[Array, " n"], terms: dict[str, Scalar]) -> Scalar:
-        r"""What the residual is divided by (see [`jaxdeq.pinn.HJB.residual`][]):
-        $|\rho V|$ by default; a model whose value function crosses or touches
-        zero returns another positive scale of the equation's terms."""
-        del z
-        return jnp.abs(terms["discount"])
+        r"""What the residual at `z` is divided by (see
+        [`jaxdeq.pinn.HJB.residual`][]; `terms` are the equation's named terms).
+        Most models return [`jaxdeq.econ.discount_scale`][]`(z, terms)`,
+        $|\rho V|$; a model whose value function crosses or touches zero returns
+        another positive scale of the equation's terms."""
 
+    @abc.abstractmethod
     def initial_guess(self, z: Float[Array, " n"]) -> Scalar | None:
-        """A value function to fit before the residual, or `None` to skip."""
-        del z
-        return None
+        """A value function at `z` that the network is fitted to before the
+        residual is minimised (for example the value of staying at the current
+        state forever), or `None` for no such fit."""
+
+
+def no_shape_violation(value_fn: Callable, z: Float[Array, " n"]) -> Scalar:
+    """The [`jaxdeq.econ.AbstractHJBModel.shape_violation`][] of a model that knows
+    no shape of its value function: zero, in the dtype of `z`."""
+    del value_fn
+    return jnp.zeros((), jnp.result_type(z))
+
+
+def discount_scale(z: Float[Array, " n"], terms: dict[str, Scalar]) -> Scalar:
+    r"""The usual [`jaxdeq.econ.AbstractHJBModel.residual_scale`][]: $|\rho V(z)|$,
+    the size of the discount term, which is bounded away from zero wherever the
+    value function is."""
+    del z
+    return jnp.abs(terms["discount"])
 
 
 class AbstractClosedFormHJBModel(AbstractHJBModel):

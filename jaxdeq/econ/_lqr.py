@@ -8,7 +8,7 @@ import jax.random as jr
 import numpy as np
 
 from ..pinn import HJB, QuasiRandomSampler, ValueNetwork
-from ._hjb import AbstractClosedFormHJBModel
+from ._hjb import AbstractClosedFormHJBModel, no_shape_violation
 
 
 class LQR(AbstractClosedFormHJBModel):
@@ -134,6 +134,12 @@ class LQR(AbstractClosedFormHJBModel):
         # V vanishes at the bliss point: scale by the state cost as well.
         _, _, Q, _ = self.matrices()
         return jnp.abs(terms["discount"]) + z @ jnp.asarray(Q) @ z
+
+    def shape_violation(self, value_fn, z):
+        return no_shape_violation(value_fn, z)
+
+    def initial_guess(self, z):
+        return None
 
     def policies(self, value_fn, z):
         return {"control": self.hjb().controls(value_fn, z)}

@@ -10,6 +10,8 @@ from ._hjb import (
     _log_uniform_and_uniform,
     AbstractClosedFormHJBModel,
     crra,
+    discount_scale,
+    no_shape_violation,
     positive_marginal_value,
 )
 
@@ -211,6 +213,15 @@ class Merton(AbstractClosedFormHJBModel):
             indexing="ij",
         )
         return jnp.stack([t.ravel(), W.ravel()], axis=1)
+
+    def shape_violation(self, value_fn, z):
+        return no_shape_violation(value_fn, z)
+
+    def residual_scale(self, z, terms):
+        return discount_scale(z, terms)
+
+    def initial_guess(self, z):
+        return None
 
     def policies(self, value_fn, z):
         c, pi = self.hjb().controls(value_fn, z)

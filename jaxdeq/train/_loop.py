@@ -1,5 +1,6 @@
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import math
 import pathlib
@@ -67,7 +68,9 @@ class TrainConfig:
         PRNG key and data position. A resume whose training configuration differs
         from the checkpoint's in anything that changes the trajectory (seed, batch
         size, learning rate, accumulation, precision, devices and mesh, recipe
-        options) is refused, naming the fields.
+        options, and the numerical environment: `jax_enable_x64`, the default
+        matmul precision, the backend and the JAX version) is refused, naming the
+        fields.
     - `force`: resume anyway with the new configuration; the changes are logged
         and recorded in `run_dir/run.jsonl`.
     - `nonfinite`: what a step whose loss, gradient or update is not finite does
@@ -749,6 +752,12 @@ def _trajectory(config: TrainConfig, options, num_devices: int) -> dict:
     if config.model_parallel > 1:
         values["shard_threshold"] = config.shard_threshold
     values["processes"] = jax.process_count()
+    # The numerical environment changes the rounding too: 64-bit mode changes the
+    # dtypes of intermediate values, another backend or XLA its kernels.
+    values["x64"] = bool(jax.dtypes.canonicalize_dtype(np.float64) == np.float64)
+    values["matmul_precision"] = jax.config.values.get("jax_default_matmul_precision")
+    values["backend"] = jax.default_backend()
+    values["jax"] = f"{jax.__version__}/{importlib.metadata.version('jaxlib')}"
     values["options"] = dataclasses.asdict(options)
     return json.loads(json.dumps(values, default=repr))
 
