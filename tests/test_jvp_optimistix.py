@@ -2,9 +2,10 @@
 
 `jax.jvp` of a solve, with jaxdeq's implicit adjoint and straight through the
 solver's own iterations, against central finite differences of the solve and
-against the derivative known in closed form. The fixed-point problem is affine, so
-the Newton homotopy's path is a straight line (the turn of its tangent is exactly
-zero, where a careless step-size controller has an infinite derivative).
+against the derivative known in closed form; and reverse mode through the
+iterations with `optimistix.RecursiveCheckpointAdjoint`. The fixed-point problem is
+affine, so the Newton homotopy's path is a straight line (the turn of its tangent is
+exactly zero, where a careless step-size controller has an infinite derivative).
 """
 
 import functools as ft
@@ -142,3 +143,38 @@ def test_root_find_jvp(solver, adjoint, getkey):
         ).value
 
     _check_jvp(solve, (y0, a), (t_y0, t_a), jnp.log(a), t_a / a)
+
+
+# optimistix.RecursiveCheckpointAdjoint differentiates through the iterations in
+# reverse mode only; Homotopy's inner loops (its corrector) are not reverse-mode
+# differentiable, so this covers the two solvers that are.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "solver",
+    [FIXED_POINT_SOLVERS["anderson"], FIXED_POINT_SOLVERS["broyden"]],
+    ids=["anderson", "broyden"],
+)
+def test_fixed_point_grad_recursive_checkpoint(solver, getkey):
+    # L = c . z* for z = W z + b: dL/db = (I - W)^-T c.
+    n = 4
+    w, b = contraction(getkey(), n, norm=0.5), jr.normal(getkey(), (n,))
+    c, direction = jr.normal(getkey(), (n,)), jr.normal(getkey(), (n,))
+
+    def loss(b):
+        z = optx.fixed_point(
+            affine,
+            solver,
+            jnp.zeros(n),
+            (w, b),
+            adjoint=optx.RecursiveCheckpointAdjoint(),
+            max_steps=256,
+        ).value
+        return jnp.dot(c, z)
+
+    value_and_grad = eqx.filter_jit(jax.value_and_grad(loss))
+    _, grad = value_and_grad(b)
+    along = lambda s: value_and_grad(b + s * direction)[0]
+    difference = finite_difference(along, 0.0, 1.0, EPS)
+    np.testing.assert_allclose(jnp.dot(grad, direction), difference, rtol=1e-6)
+    expected = jnp.linalg.solve((jnp.eye(n) - w).T, c)
+    np.testing.assert_allclose(grad, expected, rtol=1e-8, atol=1e-10)
