@@ -241,7 +241,14 @@ def _cdf_eta(econ: _Economy, unk: _Unknowns, eta: Scalar) -> Float[Array, "2"]:
         net = unk.cdf[j]
         n0, n1 = net(lo[None]), net(hi[None])
         out.append((net(eta[None]) - n0) / (n1 - n0))
-    return m + (shares - m) * jnp.stack(out)
+    cdf = m + (shares - m) * jnp.stack(out)
+    # At the ends the value is exact, whatever rounding the network's evaluation
+    # at eta and at 0 or 1 had (batched and unbatched matmuls may differ by an
+    # ulp): G = m at the limit, G = pi from the support's top on. The correction
+    # is an ulp or so, so adding it is exact; its derivative is left out, which
+    # keeps the one-sided derivatives there.
+    end = jnp.where(eta <= 0, m, jnp.where(eta >= 1, shares, cdf))
+    return cdf + jax.lax.stop_gradient(end - cdf)
 
 
 def _cdf(econ: _Economy, unk: _Unknowns, a: Scalar) -> Float[Array, "2"]:
