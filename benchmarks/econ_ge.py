@@ -28,7 +28,8 @@ numpy and jax are imported):
    peer), the change from the previous size, the observed order
    log2(dr_{n/2} / dr_n), times, and the Richardson limit 2 r_n - r_{n/2} (first
    order) and r_n + dr_n / (2^p - 1) (observed order p) from the two finest grids.
-4. **PINN**: `jaxdeq.econ.solve_huggett_pinn()` with its defaults, its r* against
+4. **PINN**: `jaxdeq.econ.solve_equilibrium(Huggett(), PINNHousehold())` with the
+   solver's defaults (on the bracket [0.025, 0.045] from r0 = 0.03), its r* against
    the finite-difference r* on the finest grid and against the Richardson limit; the
    target is |r_PINN - r_FD| <= 1e-4.
 
@@ -464,7 +465,15 @@ def pinn(reference):
             r, excess = info["r"], info["excess_supply"]
             print(f"PINN clearing: r = {r:.7f}, S = {excess:.3e}", flush=True)
 
-    sol = econ.solve_huggett_pinn(progress=show)
+    sol = econ.solve_equilibrium(
+        econ.Huggett(),
+        econ.PINNHousehold(),
+        r0=0.03,
+        bracket=(0.025, 0.045),
+        key=jax.random.PRNGKey(0),
+        progress=show,
+        throw=False,
+    )
     wall = time.perf_counter() - start
     r = float(sol.r)
     rows = reference["rows"]
@@ -488,6 +497,8 @@ def pinn(reference):
         "wall_time_s": wall,
         "reported_wall_time_s": float(sol.wall_time),
         "clearing": [[float(a), float(b)] for a, b in sol.clearing],
+        "root_finding_steps": int(sol.steps),
+        "result": str(sol.result),
         "terms": {k: float(v) for k, v in sol.terms.items()},
         "mass_at_limit": [float(x) for x in sol.mass],
         "target": target,
@@ -719,13 +730,13 @@ def markdown(out):
         p = out["pinn"]
         lines += [
             "",
-            "## PINN Huggett equilibrium (`solve_huggett_pinn`, defaults)",
+            "## PINN Huggett equilibrium (`PINNHousehold()`, defaults)",
             "",
             f"r* = {p['r']:.6f}, abs(S) = {_e(abs(p['excess_supply']))}, "
             f"{p['wall_time_s']:.0f} s (compilation included). Target: within "
             f"{p['target']:.0e} of the finite-difference r*.",
             "",
-            "Clearing iterations (r, S(r)): "
+            "Solves of the root finder (r, S(r)): "
             + ", ".join(f"({a:.6f}, {_e(b)})" for a, b in p["clearing"])
             + ".",
             "",

@@ -36,7 +36,7 @@ import optax
 
 import jaxdeq
 import jaxdeq.train as jtrain
-from jaxdeq.train._loop import _batch_indices
+from jaxdeq.train._mesh import batch_indices
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,7 +66,7 @@ def plain_run(steps, seed):
     options = jtrain.DEQDigitsOptions()
     train, _ = jtrain.DEQ_DIGITS.data(options)
     key = jr.PRNGKey(seed)
-    model = jtrain.DEQDigitsClassifier(options, jr.split(key)[0])
+    model = jtrain.DEQ_DIGITS.init(jr.split(key)[0], options)
     opt = optax.adam(1e-3)
     state = opt.init(eqx.filter(model, eqx.is_inexact_array))
 
@@ -85,7 +85,7 @@ def plain_run(steps, seed):
     n = len(train["x"])
     marks = {}
     for s in range(steps):
-        idx = _batch_indices(s, seed, n, 64)
+        idx = batch_indices(s, seed, n, 64)
         model, state, value = step(model, state, train["x"][idx], train["y"][idx])
         if (s + 1) in (10, steps):
             jax.block_until_ready(value)

@@ -1,94 +1,39 @@
 """The `jaxdeq` command.
 
 `jaxdeq` (or `jaxdeq digits`) trains a small deep equilibrium classifier on the
-scikit-learn digits and prints, per epoch, the loss, the accuracies and how the
-forward and backward solves went. Further commands are added as subparsers in
-`_parser`.
+scikit-learn digits, the `deq-digits` recipe through `jaxdeq.train.train`, and
+prints, per epoch, the loss, the accuracies and how the forward and backward solves
+went. Further commands are added as subparsers in `_parser`.
 """
 
 import argparse
 import dataclasses
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import typing
-import warnings
 from collections.abc import Sequence
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
-import optax
-import optimistix as optx
-from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import (
-    __version__,
-    Anderson,
-    BackwardStats,
-    Broyden,
-    DEQ,
-    ImplicitAdjoint,
-    JacobianFreeAdjoint,
-    NeumannAdjoint,
-    PhantomAdjoint,
+from . import __version__
+from ._cli_args import (
+    _non_negative_int as _non_negative_int,
+    _positive_float as _positive_float,
+    _positive_int as _positive_int,
 )
-from .data import load_digits
+from ._cli_solve import add_solve_parser
+from .train._recipes.deq_digits import ADJOINTS as _ADJOINTS, SOLVERS as _SOLVERS
 
 
-_SOLVERS = ("anderson", "broyden", "picard")
-_SOLVE_MODELS = (
-    "cake-eating",
-    "growth",
-    "merton",
-    "lqr",
-    "brock-mirman",
-    "huggett",
-    "aiyagari",
-)
-_ADJOINTS = ("implicit", "phantom", "jfb", "neumann")
-# Which `jaxdeq solve` options apply to which models; any other is refused.
-_PINN_MODELS = ("cake-eating", "growth", "merton", "lqr")
-_SOLVE_OPTIONS = {
-    "seed": _PINN_MODELS + ("brock-mirman",),
-    "small": _PINN_MODELS + ("brock-mirman",),
-    "steps": _PINN_MODELS,
-    "dim": ("lqr",),
-    "horizon": ("merton",),
-    "grid_size": ("huggett", "aiyagari"),
-    "rho": ("huggett", "aiyagari"),
-}
-_EVAL_BATCH = 512
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 
 
 #
 # Argument parsing
 #
-
-
-def _bounded(convert, description, accept):
-    """An argparse type: `convert` the text, then require `accept(value)`."""
-
-    def parse(text: str):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _bounded(int, "a positive integer", lambda v: v >= 1)
-_non_negative_int = _bounded(int, "a non-negative integer", lambda v: v >= 0)
-_positive_float = _bounded(
-    float, "a positive number", lambda v: v > 0 and bool(np.isfinite(v))
-)
 
 
 def _add_digits_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +76,8 @@ def _add_digits_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed",
         type=_non_negative_int,
         default=0,
-        help="seed of the split and the init (default: 0)",
+        help="seed of the initialisation and the batch order; the held-out digits "
+        "are always the same (default: 0)",
     )
     parser.add_argument(
         "--max-steps",
@@ -144,6 +90,12 @@ def _add_digits_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=1e-4,
         help="forward relative tolerance, ||f(z) - z|| <= tol ||f(z)|| (default: 1e-4)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="keep the run's metrics (metrics.jsonl) and final checkpoint here "
+        "(default: a temporary directory, removed at the end)",
     )
 
 
@@ -159,78 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         "digits",
         help="train a DEQ classifier on the scikit-learn digits (the default)",
         description="Train a small DEQ classifier on the 8x8 scikit-learn digits "
-        "(no download) and report accuracy and solver statistics per epoch: "
-        "forward steps and relative residuals, backward (adjoint) steps and "
-        "residuals.",
+        "(no download), the deq-digits recipe of `jaxdeq train`, and report "
+        "accuracy and solver statistics per epoch: forward steps, relative "
+        "residuals and failures, backward (adjoint) steps, residuals and "
+        "failures.",
     )
     _add_digits_arguments(digits)
     digits.set_defaults(handler=_run_digits)
-    solve = commands.add_parser(
-        "solve",
-        help="solve an economic model with a known answer and check it",
-        description="Solve an economic model whose answer is known in closed form, "
-        "in float64, with a progress bar; print the accuracy against the closed "
-        "form and write plots of the value function, policies and errors. "
-        "Continuous-time models (cake-eating, growth, merton, lqr) are solved by a "
-        "PINN on their HJB equation (Adam, then L-BFGS); brock-mirman is a "
-        "discrete-time model solved by a Deep Equilibrium Net and checked by "
-        "Euler errors on simulated paths. huggett and aiyagari are heterogeneous-"
-        "agent economies in stationary general equilibrium: households by the "
-        "implicit upwind finite-difference scheme, the interest rate that clears "
-        "the bond (huggett) or capital (aiyagari) market by a root finder; it "
-        "prints the prices, the aggregates and the market-clearing error, and "
-        "plots policies, densities and the excess supply S(r).",
-    )
-    solve.add_argument("model", choices=_SOLVE_MODELS, help="the model to solve")
-    solve.add_argument(
-        "--seed",
-        type=_non_negative_int,
-        default=None,
-        help="PINN and DEQN models: random seed (default: 0)",
-    )
-    solve.add_argument(
-        "--small",
-        action="store_true",
-        help="PINN and DEQN models: a quick, less accurate run (fewer steps)",
-    )
-    solve.add_argument(
-        "--out",
-        default=None,
-        help="directory for the plots (default: ./jaxdeq-solve-MODEL)",
-    )
-    solve.add_argument("--no-plots", action="store_true", help="do not write plots")
-    solve.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=None,
-        help="cake-eating, growth, merton, lqr: override the number of Adam and of "
-        "L-BFGS steps (each)",
-    )
-    solve.add_argument(
-        "--dim",
-        type=_positive_int,
-        default=None,
-        help="lqr: the state dimension (default: 20)",
-    )
-    solve.add_argument(
-        "--horizon",
-        type=_positive_float,
-        default=None,
-        help="merton: a finite horizon T (default: infinite horizon)",
-    )
-    solve.add_argument(
-        "--grid-size",
-        type=_positive_int,
-        default=None,
-        help="huggett, aiyagari: wealth grid points (default: 500 and 1000)",
-    )
-    solve.add_argument(
-        "--rho",
-        type=_positive_float,
-        default=None,
-        help="huggett, aiyagari: the discount rate (default: 0.05)",
-    )
-    solve.set_defaults(handler=_run_solve)
+    add_solve_parser(commands)
     _add_train_parser(commands)
     return parser
 
@@ -350,422 +238,132 @@ def main(argv: Sequence[str] | None = None) -> int:
 #
 
 
-class _Cell(eqx.Module):
-    """`z -> tanh(W z + U u + b)`: the equilibrium map of the classifier."""
+def _run_digits(args: argparse.Namespace) -> int:
+    """The `deq-digits` recipe through `jaxdeq.train.train`, one line per epoch."""
+    from .train import DEQ_DIGITS, DEQDigitsOptions, train, TrainConfig
 
-    weight: eqx.nn.Linear
-    injection: eqx.nn.Linear
-
-    def __init__(self, hidden: int, *, key: PRNGKeyArray):
-        wkey, ukey = jr.split(key)
-        weight = eqx.nn.Linear(
-            hidden, hidden, use_bias=False, dtype=jnp.float32, key=wkey
+    start = time.perf_counter()
+    options = DEQDigitsOptions(
+        hidden=args.hidden,
+        solver=args.solver,
+        adjoint=args.adjoint,
+        tol=args.tol,
+        max_solver_steps=args.max_steps,
+    )
+    train_data, test_data = DEQ_DIGITS.data(options)
+    num_train, num_test = len(train_data["y"]), len(test_data["y"])
+    batch_size = min(args.batch_size, num_train)
+    per_epoch = num_train // batch_size
+    steps = args.epochs * per_epoch
+    run_dir = args.run_dir or tempfile.mkdtemp(prefix="jaxdeq-digits-")
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        devices=1,
+        log_every=1,
+        eval_every=per_epoch,
+        checkpoint_every=steps,
+        run_dir=run_dir,
+        progress=False,
+    )
+    print(
+        f"jaxdeq digits: {num_train} train / {num_test} test samples, "
+        f"hidden {args.hidden}, solver {args.solver}, adjoint {args.adjoint}, "
+        f"tol {args.tol:g}, max steps {args.max_steps}, batch {batch_size}, "
+        f"lr {args.lr:g}, {args.epochs} epochs",
+        flush=True,
+    )
+    summary = _EpochSummary(args.epochs, per_epoch, batch_size, num_test)
+    try:
+        result = train(DEQ_DIGITS, config, options, log=print, callback=summary.add)
+    except (TypeError, ValueError) as e:
+        print(f"jaxdeq digits: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError:
+        print(
+            f"jaxdeq digits: error: the loss became non-finite in epoch "
+            f"{summary.epoch + 1}; lower --lr (e.g. --lr 1e-3).",
+            file=sys.stderr,
         )
-        # Start well inside the contractive regime (spectral norm about 0.3) so the
-        # first solves are short; training may grow W.
-        self.weight = eqx.tree_at(lambda w: w.weight, weight, 0.25 * weight.weight)
-        self.injection = eqx.nn.Linear(hidden, hidden, dtype=jnp.float32, key=ukey)
-
-    def __call__(
-        self, z: Float[Array, " hidden"], u: Float[Array, " hidden"]
-    ) -> Float[Array, " hidden"]:
-        return jnp.tanh(self.weight(z) + self.injection(u))
-
-
-class _Classifier(eqx.Module):
-    encoder: eqx.nn.Linear
-    deq: DEQ
-    head: eqx.nn.Linear
-
-    def __init__(self, deq_kwargs: dict, hidden: int, *, key: PRNGKeyArray):
-        ekey, ckey, hkey = jr.split(key, 3)
-        self.encoder = eqx.nn.Linear(64, hidden, dtype=jnp.float32, key=ekey)
-        cell = _Cell(hidden, key=ckey)
-        self.deq = DEQ(cell, jnp.zeros(hidden, jnp.float32), **deq_kwargs)
-        self.head = eqx.nn.Linear(hidden, 10, dtype=jnp.float32, key=hkey)
-
-    def __call__(self, x, probe=None):
-        z, report = self.deq(self.encoder(x), backward_stats=probe)
-        stats = {
-            "num_steps": report.num_steps,
-            "rel_residual": report.rel_residual,
-            "success": report.successful,
-        }
-        return self.head(z), stats
+        return 1
+    finally:
+        if args.run_dir is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if result.interrupted:
+        # The shell's convention: 128 + the signal's number (SIGINT 130).
+        return 128 + (result.signal or signal.SIGINT)
+    summary.close(time.perf_counter() - start)
+    if args.run_dir is not None:
+        print(f"metrics and checkpoint: {args.run_dir}")
+    return 0
 
 
-def _solver(name: str, tol: float):
-    atol = tol * 1e-2
-    if name == "anderson":
-        return Anderson(rtol=tol, atol=atol)
-    if name == "broyden":
-        return Broyden(rtol=tol, atol=atol)
-    return optx.FixedPointIteration(rtol=tol, atol=atol, norm=_max_norm)
-
-
-def _max_norm(tree) -> Array:
-    # optimistix.FixedPointIteration starts its error at `jnp.array(inf)`, of the
-    # default float dtype; match it so that a float32 state also works when
-    # `jax_enable_x64` is on.
-    return optx.max_norm(tree).astype(jnp.asarray(jnp.inf).dtype)
-
-
-def _adjoint(name: str, tol: float):
-    if name == "implicit":
-        # The adjoint system w = v + J^T w solved by Anderson (the default backward
-        # solver), to a tenth of the forward tolerance and relative only (cotangents
-        # of a mean loss are tiny); its steps compare directly with the forward steps.
-        return ImplicitAdjoint(linear_solver=Anderson(rtol=0.1 * tol, atol=0.0))
-    if name == "phantom":
-        return PhantomAdjoint(steps=5, damping=0.5)
-    if name == "jfb":
-        return JacobianFreeAdjoint(monitor=True)
-    return NeumannAdjoint(terms=5, monitor=True)
-
-
-def _make_step(optim: optax.GradientTransformation):
-    @eqx.filter_jit
-    def step(model, opt_state, x, y, probe):
-        def loss_fn(model_and_probe):
-            model, probe = model_and_probe
-            logits, stats = jax.vmap(model)(x, probe)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            return jnp.mean(loss), stats
-
-        (loss, forward), (grads, backward) = eqx.filter_value_and_grad(
-            loss_fn, has_aux=True
-        )((model, probe))
-        params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = optim.update(grads, opt_state, params)
-        model = eqx.apply_updates(model, updates)
-        return model, opt_state, loss, forward, backward
-
-    return step
-
-
-@eqx.filter_jit
-def _predict(model, x):
-    logits, stats = jax.vmap(model)(x)
-    return jnp.argmax(logits, axis=-1), stats
-
-
-def _evaluate(model, x: np.ndarray, y: np.ndarray) -> tuple[float, dict]:
-    # Fixed-size chunks (the last one padded) so evaluation compiles once.
-    predictions, stats = [], []
-    for start in range(0, len(x), _EVAL_BATCH):
-        chunk = x[start : start + _EVAL_BATCH]
-        size = len(chunk)
-        padded = np.zeros((_EVAL_BATCH, x.shape[1]), np.float32)
-        padded[:size] = chunk
-        pred, chunk_stats = _predict(model, jnp.asarray(padded))
-        predictions.append(np.asarray(pred)[:size])
-        stats.append({k: np.asarray(v)[:size] for k, v in chunk_stats.items()})
-    accuracy = float(np.mean(np.concatenate(predictions) == y))
-    return accuracy, {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
-
-
-def _fmt(value: float) -> str:
+def _fmt(value: float | np.floating) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.1e}"
 
 
-def _summaries(forward: dict, backward: BackwardStats) -> tuple[str, str]:
-    steps = np.asarray(forward["num_steps"])
-    rel = np.asarray(forward["rel_residual"])
-    failed = int(np.sum(~np.asarray(forward["success"])))
-    forward_text = (
-        f"forward steps mean {steps.mean():.1f} max {steps.max():.0f} | "
-        f"rel residual mean {_fmt(rel.mean())} max {_fmt(rel.max())} | "
-        f"forward failed {failed}"
-    )
-    steps = np.asarray(backward.num_steps)
-    residual = np.asarray(backward.rel_residual)
-    # NaN means "not measured" (PhantomAdjoint).
-    residual_max = np.nanmax(residual) if np.any(np.isfinite(residual)) else np.nan
-    failed = int(np.sum(np.asarray(backward.success) < 1))
-    backward_text = (
-        f"backward steps mean {steps.mean():.1f} max {steps.max():.0f} | "
-        f"backward residual max {_fmt(residual_max)} | backward failed {failed}"
-    )
-    return forward_text, backward_text
+class _EpochSummary:
+    """Prints one line per epoch from the run's metric records (one per step, the
+    held-out evaluation in the epoch's last), under the solve report's names:
+    `num_steps`, `rel_residual`, `successful`, and the backward solve's
+    `backward_num_steps`, `backward_rel_residual`, `backward_success`."""
 
+    def __init__(self, epochs: int, per_epoch: int, batch_size: int, num_test: int):
+        self.epochs, self.per_epoch = epochs, per_epoch
+        self.batch_size, self.num_test = batch_size, num_test
+        self.epoch, self.records = 0, []
+        self.since = time.time()
 
-def _run_digits(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    x_train, y_train, x_test, y_test = load_digits(seed=args.seed)
-    x_train = x_train.astype(np.float32)
-    x_test = x_test.astype(np.float32)
-    y_train = y_train.astype(np.int32)
-    y_test = y_test.astype(np.int32)
-    batch_size = min(args.batch_size, len(x_train))
-    batches_per_epoch = len(x_train) // batch_size
-
-    deq_kwargs = dict(
-        solver=_solver(args.solver, args.tol),
-        adjoint=_adjoint(args.adjoint, args.tol),
-        max_steps=args.max_steps,
-        throw=False,
-    )
-    model = _Classifier(deq_kwargs, args.hidden, key=jr.PRNGKey(args.seed))
-    optim = optax.adam(args.lr)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
-    step = _make_step(optim)
-    probe = BackwardStats.probe((batch_size,))
-    rng = np.random.default_rng(args.seed)
-
-    print(
-        f"jaxdeq digits: {len(x_train)} train / {len(x_test)} test samples, "
-        f"hidden {args.hidden}, solver {args.solver}, adjoint {args.adjoint}, "
-        f"tol {args.tol:g}, max steps {args.max_steps}, batch {batch_size}, "
-        f"lr {args.lr:g}, {args.epochs} epochs"
-    )
-    for epoch in range(1, args.epochs + 1):
-        epoch_start = time.perf_counter()
-        order = rng.permutation(len(x_train))
-        losses, forwards, backwards = [], [], []
-        for i in range(batches_per_epoch):
-            index = order[i * batch_size : (i + 1) * batch_size]
-            model, opt_state, loss, forward, bstats = step(
-                model,
-                opt_state,
-                jnp.asarray(x_train[index]),
-                jnp.asarray(y_train[index]),
-                probe,
-            )
-            losses.append(loss)
-            forwards.append(forward)
-            backwards.append(bstats)
-        if not np.all(np.isfinite(np.asarray(losses))):
-            print(
-                f"jaxdeq digits: error: the loss became non-finite in epoch {epoch}; "
-                "lower --lr (e.g. --lr 1e-3).",
-                file=sys.stderr,
-            )
-            return 1
-        forward = jax.tree.map(lambda *v: np.concatenate(v), *forwards)
-        backward = jax.tree.map(lambda *v: np.concatenate(v), *backwards)
-        train_accuracy, _ = _evaluate(model, x_train, y_train)
-        test_accuracy, test_forward = _evaluate(model, x_test, y_test)
-        forward_text, backward_text = _summaries(forward, backward)
-        print(
-            f"epoch {epoch}/{args.epochs} | loss {float(np.mean(losses)):.4f} | "
-            f"train accuracy {train_accuracy:.3f} | test accuracy {test_accuracy:.3f} "
-            f"| {forward_text} | {backward_text} | "
-            f"{time.perf_counter() - epoch_start:.1f}s"
+    def _solves(self, records, prefix, count) -> str:
+        steps = np.mean([r[f"{prefix}num_steps"] for r in records])
+        residual = np.mean([r[f"{prefix}rel_residual"] for r in records])
+        # Fractions of `count` examples, back to whole numbers.
+        failed = sum(round((1 - r[f"{prefix}successful"]) * count) for r in records)
+        return (
+            f"forward steps mean {steps:.1f} | rel residual mean {_fmt(residual)} | "
+            f"forward failed {failed}"
         )
-    # `--epochs` is at least 1, so the loop above ran and bound these.
-    forward_text, backward_text = _summaries(test_forward, backward)  # pyright: ignore[reportPossiblyUnboundVariable]
-    print(
-        "summary (forward statistics of the test set, backward statistics of the "
-        "last epoch):"
-    )
-    print(
-        f"test accuracy {test_accuracy:.3f} | {forward_text} | {backward_text} | "  # pyright: ignore[reportPossiblyUnboundVariable]
-        f"total {time.perf_counter() - start:.1f}s"
-    )
-    return 0
 
-
-#
-# The solve job
-#
-
-
-class _ProgressBar:
-    """A one-line progress bar on standard error, redrawn in place."""
-
-    def __init__(self, width: int = 30):
-        self.width = width
-        self.phase = None
-
-    def __call__(self, info: dict) -> None:
-        if info["phase"] != self.phase and self.phase is not None:
-            sys.stderr.write("\n")
-        self.phase = info["phase"]
-        done = min(info["step"] / max(info["total"], 1), 1.0)
-        bar = "#" * int(done * self.width)
-        sys.stderr.write(
-            f"\r{self.phase:>6} [{bar:<{self.width}}] {info['step']:>6}/"
-            f"{info['total']:<6} loss {info['loss']:.3e}"
+    def _backward(self) -> str:
+        records = self.records
+        steps = np.mean([r["backward_num_steps"] for r in records])
+        residual = np.mean([r["backward_rel_residual"] for r in records])
+        failed = sum(
+            round((1 - r["backward_success"]) * self.batch_size) for r in records
         )
-        sys.stderr.flush()
+        # NaN means "not measured" (PhantomAdjoint).
+        return (
+            f"backward steps mean {steps:.1f} | backward rel residual mean "
+            f"{_fmt(residual)} | backward failed {failed}"
+        )
 
-    def close(self) -> None:
-        if self.phase is not None:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-# The accuracy targets of the known-answer models, printed next to each error.
-_TARGETS = {"value": 1e-4, "consumption": 1e-3, "risky_share": 1e-3}
-
-
-def _hjb_model(args: argparse.Namespace):
-    from . import econ
-
-    small = args.small
-    if args.model == "cake-eating":
-        settings = dict(adam_steps=1000, lbfgs_steps=1000) if small else {}
-        return econ.CakeEating(), settings  # pyright: ignore[reportCallIssue]
-    if args.model == "growth":
-        settings = dict(adam_steps=1500, lbfgs_steps=1500) if small else {}
-        return econ.Growth(), settings  # pyright: ignore[reportCallIssue]
-    if args.model == "merton":
-        model = econ.Merton(horizon=args.horizon)  # pyright: ignore[reportCallIssue]
-        points = 1024 if args.horizon is not None else 256
-        settings = dict(num_points=points)
-        if small:
-            settings.update(adam_steps=1000, lbfgs_steps=1000)
-        return model, settings
-    model = econ.LQR(dim=args.dim)  # pyright: ignore[reportCallIssue]
-    settings = dict(num_points=4096, width=64, resample_every=100, lbfgs_steps=2000)
-    if small:
-        settings.update(num_points=1024, adam_steps=1000, lbfgs_steps=1000)
-    return model, settings
-
-
-def _run_equilibrium(args: argparse.Namespace, out: str) -> int:
-    from . import econ
-    from ._solution import RESULTS
-
-    options = {}
-    if args.grid_size is not None:
-        options["grid_size"] = args.grid_size
-    if args.rho is not None:
-        options["rho"] = args.rho
-    cls = econ.Huggett if args.model == "huggett" else econ.Aiyagari
-    try:
-        economy = cls(**options)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"jaxdeq solve {args.model}: {e}") from None
-    household = economy.household()
-    print(
-        f"jaxdeq solve {args.model} (float64): {household.grid_size} wealth points "
-        f"on [{float(household.a_min):g}, {float(household.a_max):g}], "
-        f"{household.num_states} income states, rho = {float(household.rho):g}",
-        flush=True,
-    )
-    start = time.perf_counter()
-    try:
-        # A grid too coarse for the distribution is reported as a line of output
-        # (with its error estimate), not as a Python warning.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", econ.CoarseGridWarning)
-            eq = econ.solve_equilibrium(economy)
-            jax.block_until_ready(eq.r)
-    except (ValueError, RuntimeError) as e:
-        raise SystemExit(f"jaxdeq solve {args.model}: {e}") from None
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", econ.CoarseGridWarning)
-        eq = econ.solve_equilibrium(economy)
-        jax.block_until_ready(eq.r)
-    again = time.perf_counter() - start
-    h = eq.household
-    print(f"interest rate r* = {float(eq.r):.8f}, wage w = {float(eq.prices.w):.6g}")
-    for name, value in eq.aggregates.items():
-        if name not in ("r", "w"):
-            print(f"{name:>20}: {float(value):.6g}")
-    mass = ", ".join(f"{float(m):.4f}" for m in h.mass_at_limit)
-    print(f"{'mass at the limit':>20}: {mass} (by income state)")
-    clearing = abs(float(eq.excess_supply))
-    print(
-        f"market-clearing error |S(r*)| = {clearing:.2e} after {int(eq.steps)} "
-        f"root-finding steps; HJB residual {float(h.hjb_residual):.1e}, KFE "
-        f"residual {float(h.kfe_residual):.1e}"
-    )
-    print(f"time: {first:.2f} s with compilation, {again:.3f} s compiled")
-    ok = bool(eq.result == RESULTS.successful) and clearing < 1e-8
-    print(f"check: {'PASS' if ok else 'FAIL'} (|S(r*)| < 1e-8)")
-    for warning in caught:
-        if issubclass(warning.category, econ.CoarseGridWarning):
-            print(f"warning: {warning.message}")
-    if not args.no_plots:
-        for path in econ.plot_equilibrium(economy, eq, out):
-            print(f"wrote {path}")
-    return 0 if ok else 1
-
-
-def _refuse_inapplicable(args: argparse.Namespace) -> None:
-    """Refuse an option that does not apply to the chosen model, rather than ignore
-    it silently."""
-    for name, models in _SOLVE_OPTIONS.items():
-        value = getattr(args, name)
-        given = value is not None and value is not False
-        if given and args.model not in models:
-            flag = "--" + name.replace("_", "-")
-            raise SystemExit(
-                f"jaxdeq solve {args.model}: {flag} is not supported for "
-                f"{args.model}: it applies only to {', '.join(models)}. Remove it."
-            )
-
-
-def _run_solve(args: argparse.Namespace) -> int:
-    _refuse_inapplicable(args)
-    if args.seed is None:
-        args.seed = 0
-    if args.dim is None:
-        args.dim = 20
-    jax.config.update("jax_enable_x64", True)
-    from . import econ
-
-    out = args.out or f"jaxdeq-solve-{args.model}"
-    if args.model in ("huggett", "aiyagari"):
-        return _run_equilibrium(args, out)
-    bar = _ProgressBar()
-    start = time.perf_counter()
-    print(f"jaxdeq solve {args.model} (float64, seed {args.seed})", flush=True)
-    if args.model == "brock-mirman":
-        if args.steps is not None:
-            raise SystemExit(
-                "jaxdeq solve brock-mirman: --steps is not supported; use --small."
-            )
-        result = econ.solve_brock_mirman(seed=args.seed, small=args.small, progress=bar)
-        bar.close()
-        euler = result.solution.euler
-        print(f"Euler errors on fresh simulated paths: {euler}")
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        if len(self.records) < self.per_epoch:
+            return
+        self.epoch += 1
+        records, last, backward = self.records, self.records[-1], self._backward()
         print(
-            f"mean log10 Euler error {euler.log10_mean:.2f} (target < -5), "
-            f"max {euler.log10_max:.2f} (target < -4)"
+            f"epoch {self.epoch}/{self.epochs} | "
+            f"loss {np.mean([r['loss'] for r in records]):.4f} | "
+            f"train accuracy {np.mean([r['accuracy'] for r in records]):.3f} | "
+            f"test accuracy {last['eval_accuracy']:.3f} | "
+            f"{self._solves(records, '', self.batch_size)} | {backward} | "
+            f"{last['time'] - self.since:.1f}s",
+            flush=True,
+        )
+        self.since, self.last, self.backward = last["time"], last, backward
+        self.records = []
+
+    def close(self, total: float) -> None:
+        print(
+            "summary (forward statistics of the test set, backward statistics of "
+            "the last epoch):"
         )
         print(
-            f"next-period capital vs closed form: relative L2 "
-            f"{result.capital_rel_l2:.2e}, max relative {result.capital_max_rel:.2e}"
+            f"test accuracy {self.last['eval_accuracy']:.3f} | "
+            f"{self._solves([self.last], 'eval_', self.num_test)} | {self.backward} "
+            f"| total {total:.1f}s"
         )
-        paths = [] if args.no_plots else econ.plot_brock_mirman(result, out)
-    else:
-        model, settings = _hjb_model(args)
-        if args.steps is not None:
-            settings.update(adam_steps=args.steps, lbfgs_steps=args.steps)
-        fields = ", ".join(
-            f"{f.name}={getattr(model, f.name)}" for f in dataclasses.fields(model)
-        )
-        print(f"model: {type(model).__name__}({fields})", flush=True)
-        sol = econ.solve_hjb(model, key=jr.PRNGKey(args.seed), progress=bar, **settings)
-        bar.close()
-        report = sol.report
-        res = report["residual"]
-        print(
-            "HJB residual (relative) at 1000 evaluation points: mean "
-            f"{res['mean_abs']:.2e}, max {res['max_abs']:.2e}"
-        )
-        for name, target in _TARGETS.items():
-            if name in report:
-                err = report[name]["rel_l2"]
-                status = "ok" if err <= target else "MISSED"
-                print(
-                    f"{name:>12}: relative L2 error {err:.2e} against the closed "
-                    f"form (target {target:.0e}: {status})"
-                )
-        for name in report:
-            if (
-                name not in _TARGETS
-                and isinstance(report[name], dict)
-                and name != "residual"
-            ):
-                print(f"{name:>12}: relative L2 error {report[name]['rel_l2']:.2e}")
-        paths = [] if args.no_plots else econ.plot_hjb(sol, out)
-    for path in paths:
-        print(f"wrote {path}")
-    print(f"done in {time.perf_counter() - start:.1f} s")
-    return 0

@@ -12,6 +12,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
+import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -46,3 +47,20 @@ def _release_compiled_programs():
     """
     yield
     jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _runtime_type_checks(request):
+    """jaxtyping's runtime checks (on for the whole suite, see pyproject's
+    `--jaxtyping-packages`) are off in a test marked `unchecked`: one that passes
+    ill-typed input on purpose to test the library's own error, which is what a
+    user who does not run the checks gets."""
+    if request.node.get_closest_marker("unchecked") is None:
+        yield
+        return
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)

@@ -69,11 +69,18 @@ _COMPILE_HEAVY = (jaxdeq.Homotopy, jaxdeq.SteadyState)
 
 
 def battery(solvers):
-    """`solvers` as pytest parameters, the compile-heavy ones marked `slow`."""
-    return [
-        pytest.param(s, marks=pytest.mark.slow) if isinstance(s, _COMPILE_HEAVY) else s
-        for s in solvers
-    ]
+    """`solvers` as pytest parameters. The default run keeps the first solver of
+    each class that is not compile-heavy; the slow stage runs every variant (other
+    memories, damping, line search) and the compile-heavy classes."""
+    seen = set()
+    params = []
+    for s in solvers:
+        if isinstance(s, _COMPILE_HEAVY) or type(s) in seen:
+            params.append(pytest.param(s, marks=pytest.mark.slow))
+        else:
+            params.append(s)
+        seen.add(type(s))
+    return params
 
 
 def slow_unless(values, keep, ids=None):

@@ -430,6 +430,7 @@ def test_evaluate_budgets(getkey):
         evaluate_budgets(model, tokens, tokens[:4], metrics)
 
 
+@pytest.mark.unchecked
 def test_bad_input(affine):
     refiner, backbone, x, _ = affine
     with pytest.raises(ValueError, match="injection"):
@@ -505,3 +506,14 @@ def test_stdlib_text():
     assert decode_text(encode_text("é")) == "\x00"
     with pytest.raises(ValueError, match="test_fraction"):
         load_stdlib_text(test_fraction=1.0)
+
+
+def test_attractor_info_is_a_deprecated_alias_of_report():
+    import jaxdeq
+    import jaxdeq.attractor
+
+    with pytest.warns(DeprecationWarning, match="AttractorInfo is deprecated"):
+        info = jaxdeq.attractor.AttractorInfo
+    assert info is jaxdeq.Report
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        jaxdeq.attractor.Nope  # noqa: B018

@@ -286,6 +286,7 @@ def test_steady_state_euler_is_picard(getkey):
     assert sol.state.num_fn_evals == 2 * steps + 2 * calls
 
 
+@pytest.mark.unchecked
 def test_bad_inputs():
     with pytest.raises(ValueError, match="kind"):
         jaxdeq.Homotopy(1e-6, 1e-8, kind="newtonian")
@@ -374,6 +375,7 @@ def test_end_game_retreats_and_arrives():
     assert residual <= 1e-8 + 1e-6 * jnp.linalg.norm(sol.value)
 
 
+@pytest.mark.unchecked
 def test_min_steps_wrappers():
     from jaxdeq._solver.min_steps import (
         at_least,

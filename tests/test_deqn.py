@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import jaxdeq
 import jaxdeq.econ as econ
 from jaxdeq.pinn import NonFiniteLossError
 
@@ -85,6 +86,7 @@ def test_monte_carlo(getkey):
     assert abs(_moment(rule, lambda e: e[0] ** 2) - 1) < 0.1
 
 
+@pytest.mark.unchecked
 def test_quadrature_errors():
     with pytest.raises(ValueError, match="`n` must be at least 1"):
         econ.gauss_hermite(0)
@@ -272,11 +274,14 @@ def test_loss_gradient_matches_finite_differences(ergodic_states, getkey):
 
 @pytest.mark.slow
 def test_brock_mirman_training_reaches_targets(tmp_path):
-    result = econ.solve_brock_mirman(seed=0, small=True)
-    sol = result.solution
+    solver = econ.DEQN.brock_mirman(small=True)
+    sol = econ.solve_deqn(MODEL, solver, key=jr.PRNGKey(0))
     assert sol.euler.mean < 1e-5, sol.euler
     assert sol.euler.max < 1e-4, sol.euler
-    assert result.capital_rel_l2 < 1e-5 and result.capital_max_rel < 1e-4
+    # The savings share against the closed form alpha * beta on the fresh paths;
+    # its relative error is that of next period's capital, K' = s z K^alpha.
+    share = sol.closed_form_errors()["s"]
+    assert share["rel_l2"] < 1e-5 and share["max_rel"] < 1e-4
     assert sol.states.shape == (128, 16, 2) and sol.errors.shape == (128 * 16, 1)
     history = sol.history
     for name in ("step", "phase", "loss", "loss_euler", "euler_mean", "euler_max"):
@@ -287,12 +292,67 @@ def test_brock_mirman_training_reaches_targets(tmp_path):
     share = jax.vmap(sol.policy)(jnp.asarray(sol.training_states))
     assert bool(jnp.all((share > 0) & (share < 1)))
     pytest.importorskip("matplotlib")
-    paths = econ.plot_brock_mirman(result, tmp_path / "figures")
+    paths = econ.plot_brock_mirman(sol, tmp_path / "figures")
     assert [p.name for p in paths] == [
         "brock_mirman_policy.png",
         "brock_mirman_euler_errors.png",
     ]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+@pytest.mark.unchecked
+def test_brock_mirman_settings_are_named():
+    full, small = econ.DEQN.brock_mirman(), econ.DEQN.brock_mirman(small=True)
+    assert isinstance(full, econ.DEQN) and isinstance(small, econ.DEQN)
+    assert (full.adam_steps, full.lbfgs_steps) == (2000, 2000)
+    assert (small.adam_steps, small.lbfgs_steps) == (500, 1000)
+    assert (small.num_paths, small.path_length) == (128, 4)
+    assert (small.report_paths, small.report_length) == (128, 16)
+    assert full.quadrature.num_nodes == 5 and full.report_quadrature.num_nodes == 10
+    with pytest.raises(TypeError, match="DEQN.brock_mirman: `small` must be"):
+        econ.DEQN.brock_mirman(small="yes")
+
+
+def _solution_with_policy(model, bias):
+    """A DEQNSolution whose policy's raw output is `bias` at every state."""
+    dim = len(model.state_names)
+    mlp = eqx.nn.MLP(dim, 1, 2, 1, key=jr.PRNGKey(0))
+    mlp = eqx.tree_at(lambda m: m.layers[-1].weight, mlp, replace_fn=jnp.zeros_like)
+    mlp = eqx.tree_at(lambda m: m.layers[-1].bias, mlp, jnp.array([bias]))
+    policy = econ.DEQNPolicy(mlp, jnp.zeros(dim), jnp.ones(dim), model)
+    states = model.initial_states(jr.PRNGKey(1), 12).reshape(3, 4, dim)
+    summary = econ.euler_error_summary(np.ones(1))
+    return econ.DEQNSolution(
+        policy=policy,
+        euler=summary,
+        errors=np.ones((12, 1)),
+        states=np.asarray(states),
+        training_states=np.asarray(states.reshape(-1, dim)),
+        history={},
+        num_steps=0,
+        wall_time=0.0,
+        result=jaxdeq.RESULTS.successful,
+        loss=0.0,
+        terms={},
+    )
+
+
+def test_closed_form_errors():
+    # A constant share s against the closed form alpha * beta: the relative error
+    # is |s / (alpha beta) - 1| at every state.
+    ab = MODEL.alpha * MODEL.beta
+    exact = _solution_with_policy(MODEL, math.log(ab / (1 - ab)))
+    assert exact.closed_form_errors()["s"]["max_rel"] < 1e-14
+    off = _solution_with_policy(MODEL, math.log(1.01 * ab / (1 - 1.01 * ab)))
+    errors = off.closed_form_errors()["s"]
+    assert errors["rel_l2"] == pytest.approx(0.01, rel=1e-10)
+    assert errors["max_rel"] == pytest.approx(0.01, rel=1e-10)
+    assert errors["mean_rel"] == pytest.approx(0.01, rel=1e-10)
+    # A model without a closed form says so.
+    with pytest.raises(TypeError, match="has no closed form"):
+        _solution_with_policy(_NaNModel(), 0.0).closed_form_errors()
+    assert isinstance(MODEL, econ.AbstractClosedFormDEQNModel)
+    assert not isinstance(_NaNModel(), econ.AbstractClosedFormDEQNModel)
 
 
 class _NaNModel(econ.AbstractDEQNModel):
@@ -333,6 +393,7 @@ def test_nan_loss_is_reported():
         econ.solve_deqn(_NaNModel(), solver, key=jr.PRNGKey(0))
 
 
+@pytest.mark.unchecked
 def test_input_errors():
     with pytest.raises(ValueError, match="`alpha` must be a number in"):
         econ.BrockMirman(alpha=1.5)
@@ -351,7 +412,9 @@ def test_input_errors():
             MODEL, econ.DEQN(quadrature=econ.gauss_hermite(3, 2)), key=jr.PRNGKey(0)
         )
     with pytest.raises(TypeError, match="AbstractDEQNModel"):
-        econ.solve_deqn(object(), key=jr.PRNGKey(0))
+        econ.solve_deqn(object(), key=jr.PRNGKey(0))  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match="solve_deqn: `solver` must be a .*DEQN"):
+        econ.solve_deqn(MODEL, econ.PINN(), key=jr.PRNGKey(0))  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match=r"shape \(num, 2\)"):
         econ.evaluate_residuals(
             MODEL, MODEL.policy_true, jnp.ones((4, 3)), econ.gauss_hermite(3)

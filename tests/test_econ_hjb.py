@@ -8,6 +8,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+import jaxdeq
 from jaxdeq import econ, pinn
 
 
@@ -115,15 +116,51 @@ def test_bad_parameters_raise():
         econ.Growth(alpha=1.5)
     with pytest.raises(ValueError, match="R must be"):
         econ.LQR(dim=2, R=((-1.0, 0.0), (0.0, 1.0)))
-    with pytest.raises(ValueError, match="num_points"):
-        econ.solve_hjb(econ.CakeEating(), num_points=0)
+
+
+@pytest.mark.unchecked
+def test_pinn_settings_are_checked():
+    with pytest.raises(ValueError, match="PINN: `num_points` must be at least 1"):
+        econ.PINN(num_points=0)
+    with pytest.raises(TypeError, match="PINN: `width` must be an int"):
+        econ.PINN(width=32.0)
+    with pytest.raises(ValueError, match="PINN: `learning_rate` must be finite"):
+        econ.PINN(learning_rate=-1e-3)
+    with pytest.raises(ValueError, match="PINN: `resample_every` must be at least"):
+        econ.PINN(resample_every=0)
+    with pytest.raises(ValueError, match="PINN: `adam_steps` and `lbfgs_steps`"):
+        econ.PINN(adam_steps=0, lbfgs_steps=0)
+    with pytest.raises(TypeError, match="solve_hjb: `solver` must be a .*PINN"):
+        econ.solve_hjb(econ.CakeEating(), econ.DEQN(), key=jr.PRNGKey(0))
+    with pytest.raises(TypeError, match="solve_hjb: `model` must subclass"):
+        econ.solve_hjb(econ.BrockMirman(), key=jr.PRNGKey(0))
+    # The key is required: the network and the training points are random.
+    with pytest.raises(TypeError, match="key"):
+        econ.solve_hjb(econ.CakeEating())  # pyright: ignore[reportCallIssue]
+
+
+def test_short_pinn_solve_follows_its_settings():
+    # A few Adam steps on a small network (no L-BFGS: its compilation is the slow
+    # part): the settings reach the network and the fit.
+    solver = econ.PINN(
+        num_points=16, width=4, depth=1, adam_steps=4, lbfgs_steps=0, log_every=2
+    )
+    sol = econ.solve_hjb(econ.CakeEating(), solver, key=jr.PRNGKey(0))
+    assert sol.fit.num_steps == 4
+    assert list(sol.fit.history["step"]) == [2, 4]
+    assert list(sol.fit.history["phase"]) == [0, 0]
+    assert sol.fit.points.shape == (16, 1)
+    assert sol.value.mlp.width_size == 4 and sol.value.mlp.depth == 1
+    assert set(sol.report) >= {"value", "consumption", "residual", "wall_time"}
+    assert sol.result == jaxdeq.RESULTS.successful
 
 
 @pytest.mark.slow
 def test_growth_pinn_reaches_the_closed_form():
     # The growth model has a spurious smooth solution; the initial guess and the
     # shape penalty keep the fit on the value function.
-    sol = econ.solve_hjb(econ.Growth(), adam_steps=1500, lbfgs_steps=1500)
+    solver = econ.PINN(adam_steps=1500, lbfgs_steps=1500)
+    sol = econ.solve_hjb(econ.Growth(), solver, key=jr.PRNGKey(0))
     assert sol.report["value"]["rel_l2"] < 1e-4  # the issue's target
     # Consumption is a derivative of V: half the run of the benchmark (where it is
     # 1.7e-4) leaves it a few 1e-4 to 1e-3 off, depending on the seed.

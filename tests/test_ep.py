@@ -260,6 +260,7 @@ def test_forced_failure_is_reported_per_sample_and_throw_raises(problem):
         ep.EPStats(*(jnp.zeros(()),) * 6)
 
 
+@pytest.mark.unchecked
 def test_errors(problem):
     net, x, y, _ = problem
     with pytest.raises(ValueError, match="beta"):

@@ -248,6 +248,7 @@ def test_forced_failure_is_reported_per_graph_and_throw_raises():
     assert report.rel_residual.shape == (3,)
 
 
+@pytest.mark.unchecked
 def test_errors():
     key = jr.PRNGKey(0)
     for gamma in (0.0, 1.0, 1.5):

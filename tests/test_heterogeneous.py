@@ -262,6 +262,10 @@ def huggett():
     return econ.Huggett(grid_size=100)
 
 
+# The 100-point grids of these tests are deliberately coarse: no grid warning.
+QUIET = econ.FiniteDifference(check_grid=False)
+
+
 def test_household_matches_dense_reference(huggett):
     r = 0.03
     sol = econ.solve_household(huggett.household(), huggett.prices(jnp.asarray(r)))
@@ -316,7 +320,7 @@ def test_mass_point_converges_under_refinement():
 @pytest.mark.slow
 def test_huggett_equilibrium_and_implicit_derivatives(huggett):
     # 100 points: deliberately coarse (r* is ~45% off the grid limit), to be fast.
-    eq = econ.solve_equilibrium(huggett, check_grid=False)
+    eq = econ.solve_equilibrium(huggett, QUIET)
     assert eq.result == jaxdeq.RESULTS.successful
     assert abs(float(eq.excess_supply)) < 1e-8
     lo, hi = huggett.bracket()
@@ -325,7 +329,7 @@ def test_huggett_equilibrium_and_implicit_derivatives(huggett):
 
     def equilibrium(rho):
         e = eqx.tree_at(lambda e: e.rho, huggett, rho)
-        sol = econ.solve_equilibrium(e, check_grid=False)
+        sol = econ.solve_equilibrium(e, QUIET)
         return jnp.stack(
             [sol.r, sol.aggregates["mass_at_limit"], sol.household.c[50, 0]]
         )
@@ -343,7 +347,7 @@ def test_huggett_equilibrium_and_implicit_derivatives(huggett):
 @pytest.mark.slow
 def test_aiyagari_equilibrium_clears_capital_market():
     economy = econ.Aiyagari(grid_size=100)
-    eq = econ.solve_equilibrium(economy, check_grid=False)
+    eq = econ.solve_equilibrium(economy, QUIET)
     agg = eq.aggregates
     assert abs(float(eq.excess_supply)) < 1e-8
     # Capital supplied by households equals the firm's demand at r*, and the wage
@@ -371,7 +375,7 @@ def test_estimation_recovers_rho(huggett):
         return jnp.stack([econ.fraction_at_limit(eq.household)])
 
     truth = jnp.asarray(0.05)
-    target = moments(econ.solve_equilibrium(huggett, check_grid=False))
+    target = moments(econ.solve_equilibrium(huggett, QUIET))
     res = econ.estimate(
         huggett,
         lambda e: e.rho,
@@ -424,3 +428,45 @@ def test_bad_parameters_give_clear_errors(huggett):
             lambda eq: eq.r[None],
             jnp.array([0.03]),
         )
+
+
+@pytest.mark.unchecked
+def test_finite_difference_settings_are_checked(huggett):
+    for kwargs, error, match in (
+        (dict(rtol=-1.0), ValueError, "`rtol` must be finite and >= 0"),
+        (dict(rtol=0.0, atol=0.0), ValueError, ".*both 0"),
+        (dict(max_steps=2.0), TypeError, "`max_steps` must be an int"),
+        (dict(delta=0.0), ValueError, "`delta` must be > 0"),
+        (dict(household_max_steps=0), ValueError, "`household_max_steps`"),
+        (dict(check_grid=1), TypeError, "`check_grid` must be True or False"),
+    ):
+        with pytest.raises(error, match=f"FiniteDifference: {match}"):
+            econ.FiniteDifference(**kwargs)
+    econ.FiniteDifference(delta=float("inf"))  # policy iteration
+    # The entry point refuses, before any compilation, what does not apply.
+    for kwargs, error, match in (
+        (dict(key=jr.PRNGKey(0)), ValueError, "takes no `key`"),
+        (dict(progress=print), ValueError, "takes no `progress`"),
+        (dict(r0=0.06), ValueError, "outside the bracket"),
+        (dict(bracket=(0.04, 0.01)), ValueError, "lower < upper"),
+        (dict(bracket=0.04), TypeError, "must be a pair"),
+    ):
+        with pytest.raises(error, match=f"solve_equilibrium: .*{match}"):
+            econ.solve_equilibrium(huggett, **kwargs)
+    with pytest.raises(TypeError, match="solve_equilibrium: `solver` must be"):
+        econ.solve_equilibrium(huggett, econ.PINN())  # pyright: ignore
+    with pytest.raises(TypeError, match="solve_equilibrium: `economy` must be"):
+        econ.solve_equilibrium(huggett.household())  # pyright: ignore
+    with pytest.raises(TypeError, match="grid_error: `solver` must be"):
+        econ.grid_error(huggett, solver=econ.PINNHousehold())  # pyright: ignore
+
+
+@pytest.mark.slow  # two compilations of the household solve
+def test_finite_difference_settings_reach_the_households():
+    # One upwind step is not enough for the household at any rate: S(r) is NaN
+    # (a failed household solve) with it, and finite with the default 500.
+    economy = econ.Huggett(grid_size=20)
+    rates = jnp.array([0.01, 0.03])
+    assert bool(jnp.all(jnp.isfinite(econ.excess_supply_curve(economy, rates))))
+    one_step = econ.FiniteDifference(household_max_steps=1)
+    assert bool(jnp.all(jnp.isnan(econ.excess_supply_curve(economy, rates, one_step))))

@@ -1,12 +1,16 @@
-"""The Huggett general equilibrium by PINNs (jaxdeq.econ._huggett_pinn): residuals,
-the shape of the wealth distribution, market clearing and the interest rate
-against the finite-difference reference."""
+"""The Huggett general equilibrium by PINNs (`solve_equilibrium` with a
+`PINNHousehold`): residuals, the shape of the wealth distribution, market clearing
+by the bracketed root finder, and the interest rate against the finite-difference
+reference."""
 
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
+import optimistix as optx
 import pytest
 
-from jaxdeq.econ._huggett_pinn import solve_huggett_pinn
+import jaxdeq
+from jaxdeq import econ
 
 
 # R_STAR_FD_REFERENCE: the grid-converged r* of the implicit upwind
@@ -58,47 +62,150 @@ def _check(sol, r_tol, s_tol, hjb_tol, mass_low=0.005):
     assert abs(float(sol.r) - R_STAR_FD_REFERENCE) < r_tol
 
 
-@pytest.mark.slow  # about 5 minutes of compilation and fitting on 2 cores
+# The small configuration: small networks and few steps.
+SMALL = dict(
+    width=16,
+    depth=2,
+    cdf_width=8,
+    cdf_depth=2,
+    num_points=256,
+    quadrature_panels=8,
+    test_functions=12,
+    adam_steps=(500, 300),
+    lbfgs_steps=(1500, 800, 0),
+    polish_steps=10,
+    log_every=500,
+)
+
+
+@pytest.mark.slow  # six solves of the small configuration, compiled once: minutes
 def test_huggett_pinn_small():
-    # Small networks and few steps, one solve at the FD r*: there the PINN's
-    # equilibrium conditions must hold. S(r) has slope about 6 near r* (FD:
-    # S(0.0355) = -0.0037, S(r*) = 0), so |S(r*)| < 0.02 means the PINN's own r*
-    # is within about 3e-3 of the reference.
-    sol = solve_huggett_pinn(
+    # One root-finding step from the FD r*, on a bracket around it. The root
+    # finder solves at both ends (where S has the signs of the FD's), at r* and a
+    # slope step beside it, then at the Newton step and beside it. S(r) has slope
+    # about 6 near r* (FD: S(0.0355) = -0.0037, S(r*) = 0), so |S| < 0.02 means
+    # the PINN's own r* is within about 3e-3 of the reference.
+    stages = []
+    bracket = (R_STAR_FD_REFERENCE - 0.006, R_STAR_FD_REFERENCE + 0.006)
+    solver = econ.PINNHousehold(**SMALL, max_steps=1, atol=1.0)
+    sol = econ.solve_equilibrium(
+        econ.Huggett(),
+        solver,
         r0=R_STAR_FD_REFERENCE,
-        width=16,
-        depth=2,
-        cdf_width=8,
-        cdf_depth=2,
-        num_points=256,
-        quadrature_panels=8,
-        test_functions=12,
-        adam_steps=(500, 300),
-        lbfgs_steps=(1500, 800, 0),
-        polish_steps=10,
-        clearing_iterations=1,
-        log_every=500,
+        bracket=bracket,
+        key=jr.PRNGKey(0),
+        progress=stages.append,
     )
-    # Measured at this size: S(r*) = 0.0084 (about 1.5e-3 in r), a mass point of
+    # Measured at this size: S(r*) = 0.0088 (about 1.5e-3 in r), a mass point of
     # 0.0104, hjb_max 3e-3, the support's top at 3.06 (FD: 3.12). The tolerances
     # leave room for other BLAS and compilers: this size checks the machinery and
     # the shape of the solution; benchmarks/econ_ge.py the accuracy.
-    _check(sol, r_tol=1e-12, s_tol=0.02, hjb_tol=0.01, mass_low=0.005)
+    rates = [r for r, _ in sol.clearing]
+    excess = dict(sol.clearing)
+    h = solver.slope_step
+    r_new = float(sol.r)
+    assert rates[:2] == list(bracket)
+    assert set(rates[2:4]) == {R_STAR_FD_REFERENCE, R_STAR_FD_REFERENCE + h}
+    assert set(rates[4:]) == {r_new, r_new + h}
+    assert excess[bracket[0]] < 0 < excess[bracket[1]]
+    # One Newton step with the forward-difference slope, and with atol = 1 it is
+    # the last: the solution is the rate it lands on, inside the bracket.
+    assert int(sol.steps) == 1 and sol.result == jaxdeq.RESULTS.successful
+    slope = (excess[R_STAR_FD_REFERENCE + h] - excess[R_STAR_FD_REFERENCE]) / h
+    assert 2 < slope < 20
+    newton = R_STAR_FD_REFERENCE - excess[R_STAR_FD_REFERENCE] / slope
+    np.testing.assert_allclose(r_new, newton, rtol=1e-10)
+    assert float(sol.excess_supply) == pytest.approx(excess[r_new], abs=1e-12)
+    assert sol.report.successful and int(sol.report.num_steps) == 1
+    clearing = [i for i in stages if i.get("stage") == "clearing"]
+    assert [i["r"] for i in clearing] == rates
+    assert {i["stage"] for i in stages} >= {"hjb_0", "kfe_0", "clearing"}
+    _check(sol, r_tol=3e-3, s_tol=0.02, hjb_tol=0.01, mass_low=0.005)
+
+
+def test_market_clearing_by_the_bracketed_root_finder():
+    # The clearing machinery of the PINN with a stand-in for the training runs: a
+    # known S(r) = 6 (r - 0.036) + 40 (r - 0.036)^2, whose root is 0.036. The
+    # root finder asks for each rate once, slopes by forward differences, and
+    # converges to the root; an error in a solve is raised, not lost.
+    from jaxdeq.econ._huggett_pinn import _Clearing, _market
+
+    root = 0.036
+    asked = []
+
+    def solve_at(r, tag):
+        asked.append(r)
+        return None, 6 * (r - root) + 40 * (r - root) ** 2, {f"hjb{tag}": {}}
+
+    reports = []
+    clearing = _Clearing(solve_at, reports.append, jnp.float64)
+    solver = econ.PINNHousehold(atol=1e-10, max_steps=20)
+    sol = optx.root_find(
+        _market(clearing, jnp.float64, solver.slope_step, 0.045),
+        jaxdeq.BracketedNewton(rtol=solver.rtol, atol=solver.atol),
+        jnp.asarray(0.02),
+        options=dict(lower=0.01, upper=0.045),
+        max_steps=solver.max_steps,
+        throw=False,
+    )
+    assert sol.result == optx.RESULTS.successful
+    assert abs(float(sol.value) - root) < 1e-10
+    assert len(asked) == len(set(asked)) == len(clearing.order)
+    assert [x["r"] for x in reports] == [r for r, _ in clearing.order]
+    assert asked[:2] == [0.01, 0.045]
+    # Each step costs two solves (the rate and its slope), the start as many, and
+    # the ends two more.
+    assert len(asked) == 2 + 2 * (1 + int(sol.stats["num_steps"]))
+    assert float(sol.value) in clearing.solves
+    assert set(clearing.history) == {f"hjb_{k}" for k in range(len(asked))}
+
+    def failing(r, tag):
+        raise FloatingPointError("the loss became NaN")
+
+    clearing = _Clearing(failing, None, jnp.float64)
+    sol = optx.root_find(
+        _market(clearing, jnp.float64, 2e-3, 0.045),
+        jaxdeq.BracketedNewton(rtol=0.0, atol=1e-10),
+        jnp.asarray(0.02),
+        options=dict(lower=0.01, upper=0.045),
+        throw=False,
+    )
+    assert isinstance(clearing.error, FloatingPointError)
+    assert sol.result != optx.RESULTS.successful
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"r0": 0.06}, "r0 < rho"),
-        ({"a_min": 5.0}, "a_min < a_max"),
-        ({"z": (0.2, 0.1)}, "low income first"),
-        ({"lam": (0.0, 1.2)}, "lam > 0"),
-        ({"lbfgs_steps": (10, 10)}, "lbfgs_steps"),
-        ({"polish_steps": -1}, "polish_steps"),
-        ({"envelope_weight": -1.0}, "non-negative weights"),
-        ({"clearing_iterations": 0}, "clearing_iterations"),
+        ({"lbfgs_steps": (10, 10)}, ValueError, "one int or 3 of them"),
+        ({"adam_steps": "many"}, TypeError, "adam_steps"),
+        ({"polish_steps": -1}, ValueError, "polish_steps"),
+        ({"envelope_weight": -1.0}, ValueError, "envelope_weight"),
+        ({"max_steps": 0}, ValueError, "max_steps"),
+        ({"width": 16.0}, TypeError, "must be an int"),
+        ({"value_focus": 1.5}, ValueError, "value_focus"),
+        ({"atol": 0.0, "rtol": 0.0}, ValueError, "both 0"),
     ],
 )
-def test_huggett_pinn_bad_input(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        solve_huggett_pinn(**kwargs)
+@pytest.mark.unchecked
+def test_pinn_household_settings_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=f"PINNHousehold: .*{match}"):
+        econ.PINNHousehold(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "economy, kwargs, error, match",
+    [
+        (econ.Huggett(z=(0.2, 0.1)), {}, ValueError, "low income state first"),
+        (econ.Huggett(), {"r0": 0.06}, ValueError, "outside the bracket"),
+        (econ.Huggett(), {"bracket": (0.0, 0.06)}, ValueError, "below rho"),
+        (econ.Aiyagari(grid_size=50), {}, TypeError, "Huggett economy"),
+        (econ.Huggett(), {"key": None}, TypeError, "needs a key"),
+    ],
+)
+@pytest.mark.unchecked
+def test_pinn_household_refuses_what_it_cannot_solve(economy, kwargs, error, match):
+    # Refused before any network is built.
+    kwargs = {"key": jr.PRNGKey(0), **kwargs}
+    with pytest.raises(error, match=f"solve_equilibrium: .*{match}"):
+        econ.solve_equilibrium(economy, econ.PINNHousehold(), **kwargs)

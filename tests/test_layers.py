@@ -60,7 +60,7 @@ def test_report_contract_and_vmap_equals_loop(case, getkey):
         assert bool(report.successful[i]) == bool(report_i.successful)
 
 
-@pytest.mark.parametrize("case", layers, ids=_ids)
+@pytest.mark.parametrize("case", slow_unless(layers, {"DEQ", "NeuralODE"}, _ids))
 def test_no_recompile_when_only_data_changes(case, getkey):
     layer = case.make(getkey(), jnp.float64, tol=1e-8, max_steps=100, throw=False)
     traces = []
@@ -112,7 +112,11 @@ def test_gradient_matches_finite_differences(case, getkey):
     np.testing.assert_allclose(directional, fd, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("case", layers, ids=_ids)
+# Every family has its own forced-failure test; here three layers by default, all
+# in the slow stage.
+@pytest.mark.parametrize(
+    "case", slow_unless(layers, {"DEQ", "AttractorRefiner", "HomoODE"}, _ids)
+)
 def test_forced_failure_is_reported_per_sample(case, getkey):
     kwargs, inputs, expected = case.failing(getkey(), BATCH, jnp.float64)
     settings = {"tol": 1e-10, "max_steps": 200, "throw": False} | kwargs

@@ -277,6 +277,7 @@ def test_given_kernels():
         np.testing.assert_allclose(x, y, rtol=1e-14)
 
 
+@pytest.mark.unchecked
 def test_bad_arguments(getkey):
     a = jnp.ones((2, 2, 3, 3))
     ok = dict(channels=2, height=4, width=4, kernels=(a, a))

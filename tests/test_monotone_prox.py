@@ -293,11 +293,13 @@ def test_jit_vmap_dtypes(dtype, getkey):
         ),
     ],
 )
+@pytest.mark.unchecked
 def test_bad_constructor(kwargs, error):
     with pytest.raises(error, match="GroupSoftmax"):
         GroupSoftmax(**kwargs)
 
 
+@pytest.mark.unchecked
 def test_bad_call_and_structure():
     prox = GroupSoftmax([[2, 3], [1, 4]])
     assert prox.groups == ((2, 3), (1, 4))

@@ -558,11 +558,13 @@ _FIELD = Decay(jnp.array(1.0))
         ),
     ],
 )
+@pytest.mark.unchecked
 def test_neural_ode_rejects_bad_configuration(kwargs, error, match):
     with pytest.raises(error, match=match):
         ode.NeuralODE(_FIELD, **kwargs)
 
 
+@pytest.mark.unchecked
 def test_bad_calls_raise():
     with pytest.raises(TypeError, match="callable"):
         ode.NeuralODE(3.0)
@@ -577,6 +579,7 @@ def test_bad_calls_raise():
         ode.NeuralODE(WrongSize())(jnp.ones(3))
 
 
+@pytest.mark.unchecked
 def test_homoode_rejects_bad_initial_point(getkey):
     field = ode.ConcatField(3, 2, 6, key=getkey())
     with pytest.raises(ValueError, match="shape of the vector field's state"):

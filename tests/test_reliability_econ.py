@@ -91,6 +91,7 @@ def test_aiyagari_bad_technology():
 # --- NumPy integers where Python ints are accepted --------------------------------
 
 
+@pytest.mark.unchecked
 def test_numpy_integers_are_accepted():
     economy = econ.Huggett(grid_size=np.int64(50))
     assert type(economy.grid_size) is int and economy.grid_size == 50
@@ -257,8 +258,8 @@ def test_closed_form_is_a_marker_class():
     hooks = {"shape_violation", "residual_scale", "initial_guess"}
     assert hooks <= econ.AbstractHJBModel.__abstractmethods__
     z = jnp.ones(2, jnp.float32)
-    assert econ.no_shape_violation(None, z).dtype == jnp.float32
-    assert econ.no_shape_violation(None, z) == 0
+    assert econ.no_shape_violation(jnp.sum, z).dtype == jnp.float32
+    assert econ.no_shape_violation(jnp.sum, z) == 0
     assert econ.discount_scale(z, {"discount": jnp.asarray(-2.0)}) == 2.0
 
 
@@ -290,3 +291,95 @@ def test_deqn_solution_reports_result_and_loss():
     assert sol.result == jaxdeq.RESULTS.fit_not_converged
     assert np.isfinite(sol.loss) and sol.loss == pytest.approx(sol.history["loss"][-1])
     assert set(sol.terms) >= {"loss_euler"}
+
+
+# --- one format and one exception type for the same misuse --------------------------
+
+
+def _misuses():
+    """(who, call, exception): the same misuse across jaxdeq.econ. A setting out of
+    range is a ValueError and a setting of the wrong type a TypeError, everywhere;
+    the message starts with the name of what was called."""
+    key = jr.PRNGKey(0)
+    huggett = econ.Huggett(grid_size=50)
+    return [
+        ("PINN", lambda: econ.PINN(width=0), ValueError),
+        ("PINN", lambda: econ.PINN(width=8.0), TypeError),
+        ("DEQN", lambda: econ.DEQN(width=0), ValueError),
+        ("DEQN", lambda: econ.DEQN(width=8.0), TypeError),
+        ("FiniteDifference", lambda: econ.FiniteDifference(max_steps=0), ValueError),
+        ("FiniteDifference", lambda: econ.FiniteDifference(max_steps=8.0), TypeError),
+        ("PINNHousehold", lambda: econ.PINNHousehold(width=0), ValueError),
+        ("PINNHousehold", lambda: econ.PINNHousehold(width=8.0), TypeError),
+        ("Huggett", lambda: econ.Huggett(grid_size=2), ValueError),
+        ("Huggett", lambda: econ.Huggett(grid_size=50.0), TypeError),
+        ("Aiyagari", lambda: econ.Aiyagari(grid_size=2), ValueError),
+        ("Aiyagari", lambda: econ.Aiyagari(grid_size=50.0), TypeError),
+        (
+            "Household",
+            lambda: econ.Household(z=[0.1], generator=[[0.0]], grid_size=2),
+            ValueError,
+        ),
+        ("BrockMirman", lambda: econ.BrockMirman(alpha=1.5), ValueError),
+        ("BrockMirman", lambda: econ.BrockMirman(alpha="0.3"), TypeError),
+        ("CakeEating", lambda: econ.CakeEating(a_min=5.0), ValueError),
+        ("CakeEating", lambda: econ.CakeEating(rho="0.05"), TypeError),
+        ("Growth", lambda: econ.Growth(alpha=1.5), ValueError),
+        ("Merton", lambda: econ.Merton(gamma=-1.0), ValueError),
+        ("LQR", lambda: econ.LQR(dim=0), ValueError),
+        ("LQR", lambda: econ.LQR(dim=2.0), TypeError),
+        ("gauss_hermite", lambda: econ.gauss_hermite(0), ValueError),
+        ("gauss_hermite", lambda: econ.gauss_hermite(3.0), TypeError),
+        (
+            "solve_hjb",
+            lambda: econ.solve_hjb(econ.CakeEating(), "pinn", key=key),
+            TypeError,
+        ),
+        (
+            "solve_deqn",
+            lambda: econ.solve_deqn(econ.BrockMirman(), "deqn", key=key),
+            TypeError,
+        ),
+        ("solve_equilibrium", lambda: econ.solve_equilibrium(huggett, "fd"), TypeError),
+        (
+            "solve_equilibrium",
+            lambda: econ.solve_equilibrium(huggett, bracket=(0.0, 0.06)),
+            ValueError,
+        ),
+        (
+            "estimate",
+            lambda: econ.estimate(
+                huggett,
+                lambda e: e.rho,
+                0.05,
+                lambda q: q.r[None],
+                jnp.array([0.03]),
+                max_steps=0,
+            ),
+            ValueError,
+        ),
+        (
+            "estimate",
+            lambda: econ.estimate(
+                huggett,
+                lambda e: e.rho,
+                0.05,
+                lambda q: q.r[None],
+                jnp.array([0.03]),
+                max_steps=5.0,
+            ),
+            TypeError,
+        ),
+    ]
+
+
+@pytest.mark.unchecked
+def test_econ_misuse_has_one_format_and_one_type():
+    for who, call, error in _misuses():
+        with pytest.raises(error) as info:
+            call()
+        assert type(info.value) is error, (who, info.value)
+        message = str(info.value)
+        assert message.startswith(f"{who}: "), message
+        # What to do about it: a value to pass, or what to change.
+        assert len(message.split(". ")) >= 2, message

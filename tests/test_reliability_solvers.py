@@ -98,6 +98,7 @@ def test_relative_test_does_not_pass_on_growth_alone(rtol):
         assert sol.result != jaxdeq.RESULTS.successful, solver
 
 
+@pytest.mark.unchecked
 def test_tolerances_are_checked():
     with pytest.raises(ValueError, match="finite"):
         jaxdeq.Anderson(rtol=float("inf"), atol=1e-8)
@@ -111,6 +112,7 @@ def test_tolerances_are_checked():
     jaxdeq.Anderson(np.float32(1e-4), np.float64(1e-6))
 
 
+@pytest.mark.unchecked
 def test_numpy_integers_are_ints():
     solver = jaxdeq.Anderson(1e-8, 1e-8, memory=np.int64(4), trace_size=np.int32(8))
     sol = jaxdeq.fixed_point(

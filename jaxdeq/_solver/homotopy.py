@@ -191,14 +191,15 @@ def _one_step(term, predictor, s0, s1, y, r):
 
 
 class _HomotopyState(AbstractReportingState):
+    # `n` is bound before the fields that use it (checked in field order).
+    z0: Float[Array, " n"]
+    g0: Float[Array, " n"]
     path_y: Float[Array, " n+1"]
     tangent: Float[Array, " n+1"]
     scale: Scalar
     step_size: Scalar
     at_end: Bool[Array, ""]
     before_end: Float[Array, " n+1"]
-    z0: Float[Array, " n"]
-    g0: Float[Array, " n"]
     path_length: Scalar
     num_accepted: Int[Array, ""]
     num_corrector_failures: Int[Array, ""]

@@ -1,23 +1,22 @@
-"""Economic models with known answers and the machinery that solves them:
-continuous-time models whose value function solves an HJB equation, solved by PINNs
-(`solve_hjb` on an `AbstractHJBModel`: cake-eating, neoclassical growth, Merton,
-a d-dimensional LQR); Deep Equilibrium Nets for discrete-time models
-(`solve_deqn` on an `AbstractDEQNModel`, with quadrature rules for the
-expectations; Brock–Mirman); and heterogeneous-agent economies in stationary
-general equilibrium (finite-difference households `solve_household`, the market-
-clearing rate `solve_equilibrium` with implicit derivatives, `estimate` from
-moments; Huggett and Aiyagari; Huggett by a PINN, `solve_huggett_pinn`)."""
+"""Economic models with known answers and the machinery that solves them, each
+solver called as `solve_x(problem, solver_settings, *, key=...)`: continuous-time
+models whose value function solves an HJB equation, solved by PINNs
+(`solve_hjb(model, PINN(...), key=...)` on an `AbstractHJBModel`: cake-eating,
+neoclassical growth, Merton, a d-dimensional LQR); Deep Equilibrium Nets for
+discrete-time models (`solve_deqn(model, DEQN(...), key=...)` on an
+`AbstractDEQNModel`, with quadrature rules for the expectations; Brock–Mirman and
+its tuned `DEQN.brock_mirman()`); and heterogeneous-agent economies in stationary
+general equilibrium (`solve_equilibrium(economy, FiniteDifference(...))` with
+finite-difference households and implicit derivatives, or
+`PINNHousehold(...)` for Huggett by neural networks; `estimate` from moments;
+Huggett and Aiyagari)."""
 
 # Continuous time: HJB equations solved by PINNs
 # Deep Equilibrium Nets
-from ._brock_mirman import (
-    BrockMirman as BrockMirman,
-    BrockMirmanSolution as BrockMirmanSolution,
-    plot_brock_mirman as plot_brock_mirman,
-    solve_brock_mirman as solve_brock_mirman,
-)
+from ._brock_mirman import BrockMirman as BrockMirman
 from ._cake_eating import CakeEating as CakeEating
 from ._deqn import (
+    AbstractClosedFormDEQNModel as AbstractClosedFormDEQNModel,
     AbstractDEQNModel as AbstractDEQNModel,
     DEQN as DEQN,
     DEQNPolicy as DEQNPolicy,
@@ -38,10 +37,9 @@ from ._equilibrium import (
     CoarseGridWarning as CoarseGridWarning,
     EquilibriumSolution as EquilibriumSolution,
     excess_supply_curve as excess_supply_curve,
+    FiniteDifference as FiniteDifference,
     grid_error as grid_error,
     Huggett as Huggett,
-    plot_equilibrium as plot_equilibrium,
-    solve_equilibrium as solve_equilibrium,
 )
 from ._estimation import (
     estimate as estimate,
@@ -58,7 +56,7 @@ from ._hjb import (
     evaluate_hjb as evaluate_hjb,
     HJBSolution as HJBSolution,
     no_shape_violation as no_shape_violation,
-    plot_hjb as plot_hjb,
+    PINN as PINN,
     solve_hjb as solve_hjb,
 )
 from ._households import (
@@ -77,13 +75,23 @@ from ._households import (
 )
 from ._huggett_pinn import (
     HuggettPINNSolution as HuggettPINNSolution,
-    solve_huggett_pinn as solve_huggett_pinn,
+    PINNHousehold as PINNHousehold,
 )
 from ._lqr import LQR as LQR
 from ._merton import Merton as Merton
+from ._plots import (
+    plot_brock_mirman as plot_brock_mirman,
+    plot_equilibrium as plot_equilibrium,
+    plot_hjb as plot_hjb,
+)
 from ._quadrature import (
     gauss_hermite as gauss_hermite,
     monomial_rule as monomial_rule,
     monte_carlo as monte_carlo,
     Quadrature as Quadrature,
+)
+from ._solve_equilibrium import solve_equilibrium as solve_equilibrium
+from ._statistics import (
+    distribution_statistics as distribution_statistics,
+    DistributionStatistics as DistributionStatistics,
 )

@@ -1,29 +1,17 @@
 """The Brock–Mirman growth model as a Deep Equilibrium Net, with its closed form."""
 
 import math
-import pathlib
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
-import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._deqn import (
-    AbstractDEQNModel,
-    DEQN,
-    DEQNSolution,
-    Expectation,
-    solve_deqn,
-)
-from ._quadrature import gauss_hermite
+from ._deqn import AbstractClosedFormDEQNModel, Expectation
 
 
-class BrockMirman(AbstractDEQNModel):
+class BrockMirman(AbstractClosedFormDEQNModel):
     r"""The stochastic growth model of Brock and Mirman (1972): log utility, full
     depreciation, AR(1) productivity.
 
@@ -82,21 +70,28 @@ class BrockMirman(AbstractDEQNModel):
     shock_dim: ClassVar[int] = 1
 
     def __check_init__(self):
-        for label, value, low, high in (
-            ("alpha", self.alpha, 0.0, 1.0),
-            ("beta", self.beta, 0.0, 1.0),
-            ("rho", self.rho, -1.0, 1.0),
+        for label, value, low, high, default in (
+            ("alpha", self.alpha, 0.0, 1.0, 0.36),
+            ("beta", self.beta, 0.0, 1.0, 0.96),
+            ("rho", self.rho, -1.0, 1.0, 0.8),
+            ("sigma", self.sigma, 0.0, math.inf, 0.02),
         ):
-            if not isinstance(value, (int, float)) or not low < value < high:
-                raise ValueError(
-                    f"BrockMirman: `{label}` must be a number in ({low}, {high}), got "
-                    f"{value!r}. The defaults are alpha=0.36, beta=0.96, rho=0.8."
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(
+                    f"BrockMirman: `{label}` must be a number, got {value!r} "
+                    f"({type(value).__name__}). Pass e.g. `{label}={default}`."
                 )
-        if not isinstance(self.sigma, (int, float)) or not self.sigma >= 0:
-            raise ValueError(
-                f"BrockMirman: `sigma` must be a number >= 0, got {self.sigma!r}. The "
-                "default is sigma=0.02."
-            )
+            if label == "sigma":
+                if not value >= 0 or not math.isfinite(value):
+                    raise ValueError(
+                        f"BrockMirman: `sigma` must be a number >= 0, got {value!r}. "
+                        "Pass e.g. `sigma=0.02`."
+                    )
+            elif not low < value < high:
+                raise ValueError(
+                    f"BrockMirman: `{label}` must be a number in ({low}, {high}), "
+                    f"got {value!r}. Pass e.g. `{label}={default}`."
+                )
 
     @property
     def steady_state_capital(self) -> float:
@@ -192,162 +187,3 @@ class BrockMirman(AbstractDEQNModel):
         big_d = 1 / ((1 - a * b) * (1 - b * self.rho))
         v0 = (math.log(1 - a * b) + a * b / (1 - a * b) * math.log(a * b)) / (1 - b)
         return v0 + big_b * jnp.log(state[0]) + big_d * jnp.log(state[1])
-
-
-class BrockMirmanSolution(eqx.Module):
-    """The result of [`jaxdeq.econ.solve_brock_mirman`][].
-
-    **Attributes:**
-
-    - `model`: the [`jaxdeq.econ.BrockMirman`][] solved.
-    - `solution`: the [`jaxdeq.econ.DEQNSolution`][] (trained policy, history,
-        Euler errors on fresh paths in `solution.euler`).
-    - `capital_rel_l2`: $\\|K'_\\text{net} - K'_\\text{true}\\|_2 /
-        \\|K'_\\text{true}\\|_2$ over the fresh simulated states.
-    - `capital_max_rel`: $\\max |K'_\\text{net} - K'_\\text{true}| /
-        K'_\\text{true}$ over the same states.
-    """
-
-    model: BrockMirman
-    solution: DEQNSolution
-    capital_rel_l2: float
-    capital_max_rel: float
-
-
-def _settings(small: bool) -> DEQN:
-    # Wide training sets of short paths (burn_in=0): the box of initial states and
-    # the transition from it cover the rare states of long fresh paths. Adam only
-    # finds the basin; L-BFGS takes the error from 1e-3 to 1e-6.
-    adam_steps = 500 if small else 2000
-    return DEQN(
-        width=16,
-        depth=2,
-        quadrature=gauss_hermite(5),
-        num_paths=128 if small else 256,
-        path_length=4 if small else 8,
-        burn_in=0,
-        adam_steps=adam_steps,
-        learning_rate=optax.cosine_decay_schedule(1e-2, adam_steps, alpha=0.1),
-        lbfgs_steps=1000 if small else 2000,
-        resample_every=100,
-        log_every=100,
-        report_paths=128 if small else 512,
-        report_length=16 if small else 32,
-        report_burn_in=100,
-        report_quadrature=gauss_hermite(10),
-    )
-
-
-def solve_brock_mirman(
-    *,
-    seed: int = 0,
-    small: bool = False,
-    model: BrockMirman | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> BrockMirmanSolution:
-    """Solve the Brock–Mirman model with a Deep Equilibrium Net and compare it with
-    the closed form.
-
-    Run in float64 (`jax.config.update("jax_enable_x64", True)`). On fresh simulated
-    paths the full run reaches a mean relative Euler error near $10^{-5.9}$ and a
-    maximum near $10^{-4.8}$ (2000 Adam and 2000 L-BFGS steps, about 30 s on two
-    CPU cores, compilation included); the small run, about $10^{-5.4}$ and
-    $10^{-4.8}$ in 10–20 s.
-
-    **Arguments:**
-
-    - `seed`: the random seed (network initialisation and simulations).
-    - `small`: 500 Adam and 1000 L-BFGS steps on a smaller training set instead of
-        the full run.
-    - `model`: the [`jaxdeq.econ.BrockMirman`][] to solve (default parameters if
-        None).
-    - `progress`: called with each logged row of the training history, e.g.
-        `print`.
-
-    **Returns:**
-
-    A [`jaxdeq.econ.BrockMirmanSolution`][]: the DEQN solution, its Euler errors on
-    freshly simulated paths, and the relative errors of next period's capital
-    against the closed form on those paths.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"solve_brock_mirman: `seed` must be an int, got {seed!r}.")
-    if model is None:
-        model = BrockMirman()
-    solution = solve_deqn(
-        model, _settings(small), key=jr.PRNGKey(seed), progress=progress
-    )
-    states = jnp.asarray(solution.states.reshape(-1, 2))
-    share = jax.vmap(solution.policy)(states)[:, 0]
-    capital = share * states[:, 1] * states[:, 0] ** model.alpha
-    truth = jax.vmap(model.capital_true)(states)
-    rel_l2 = jnp.linalg.norm(capital - truth) / jnp.linalg.norm(truth)
-    max_rel = jnp.max(jnp.abs(capital - truth) / truth)
-    return BrockMirmanSolution(
-        model=model,
-        solution=solution,
-        capital_rel_l2=float(rel_l2),
-        capital_max_rel=float(max_rel),
-    )
-
-
-def plot_brock_mirman(
-    result: BrockMirmanSolution, outdir: str | pathlib.Path
-) -> list[pathlib.Path]:
-    """Write the figures of a Brock–Mirman solve as PNGs: `brock_mirman_policy.png`
-    (next period's capital and the savings share against the closed form, over
-    capital at three productivity levels) and `brock_mirman_euler_errors.png` (the
-    histogram of $\\log_{10}|e|$ on the fresh simulated states). Needs matplotlib.
-
-    **Arguments:**
-
-    - `result`: the output of [`jaxdeq.econ.solve_brock_mirman`][].
-    - `outdir`: the directory to write to (created if missing).
-
-    **Returns:**
-
-    The paths written.
-    """
-    # Figures without pyplot: no backend is chosen or changed for the caller.
-    from matplotlib.figure import Figure
-
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    model, solution = result.model, result.solution
-    states = solution.states.reshape(-1, 2)
-    k_low, k_high = np.quantile(states[:, 0], [0.005, 0.995])
-    z_levels = np.quantile(states[:, 1], [0.05, 0.5, 0.95])
-    capital = np.linspace(k_low, k_high, 200)
-
-    fig = Figure(figsize=(10, 4))
-    ax_k, ax_s = fig.subplots(1, 2)
-    for z in z_levels:
-        grid = jnp.asarray(np.stack([capital, np.full_like(capital, z)], axis=-1))
-        share = np.asarray(jax.vmap(solution.policy)(grid)[:, 0])
-        truth = np.asarray(jax.vmap(model.capital_true)(grid))
-        (line,) = ax_k.plot(
-            capital, share * z * capital**model.alpha, label=f"z={z:.3f}"
-        )
-        ax_k.plot(capital, truth, "k:", lw=1)
-        ax_s.plot(capital, share, color=line.get_color(), label=f"z={z:.3f}")
-    ax_s.axhline(model.alpha * model.beta, color="k", ls=":", lw=1, label="closed form")
-    ax_k.set(xlabel="K", ylabel="K'", title="Next-period capital (dotted: closed form)")
-    ax_s.set(xlabel="K", ylabel="savings share s", title="Savings share")
-    ax_s.ticklabel_format(useOffset=False)
-    ax_k.legend()
-    ax_s.legend()
-    fig.tight_layout()
-    policy_path = outdir / "brock_mirman_policy.png"
-    fig.savefig(policy_path, dpi=120)
-
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
-    log_errors = np.log10(np.maximum(np.abs(solution.errors.ravel()), 1e-300))
-    ax.hist(log_errors, bins=50)
-    ax.axvline(solution.euler.log10_mean, color="k", ls="--", label="log10 mean |e|")
-    ax.set(xlabel=r"$\log_{10}|e|$", ylabel="states", title="Relative Euler errors")
-    ax.legend()
-    fig.tight_layout()
-    euler_path = outdir / "brock_mirman_euler_errors.png"
-    fig.savefig(euler_path, dpi=120)
-    return [policy_path, euler_path]

@@ -4,6 +4,7 @@ rate, in continuous time."""
 import jax.numpy as jnp
 
 from ..pinn import HJB, ValueNetwork
+from ._checks import check_numbers
 from ._hjb import (
     _log_uniform_and_uniform,
     AbstractClosedFormHJBModel,
@@ -41,17 +42,30 @@ class CakeEating(AbstractClosedFormHJBModel):
     a_max: float = 4.0
 
     def __check_init__(self):
+        check_numbers(
+            "CakeEating",
+            gamma=self.gamma,
+            rho=self.rho,
+            r=self.r,
+            a_min=self.a_min,
+            a_max=self.a_max,
+        )
         if self.gamma <= 0 or self.rho <= 0:
             raise ValueError(
-                f"Need gamma > 0 and rho > 0, got {self.gamma}, {self.rho}."
+                f"CakeEating: need gamma > 0 and rho > 0, got {self.gamma}, "
+                f"{self.rho}. Pass e.g. `gamma=2.0, rho=0.05`."
             )
         if (self.rho - (1 - self.gamma) * self.r) / self.gamma <= 0:
             raise ValueError(
-                "rho - (1 - gamma) r must be positive, or consumption is not "
-                f"bounded (gamma={self.gamma}, rho={self.rho}, r={self.r})."
+                "CakeEating: rho - (1 - gamma) r must be positive, or consumption "
+                f"is not bounded (gamma={self.gamma}, rho={self.rho}, r={self.r}). "
+                "Raise rho or lower r."
             )
         if not 0 < self.a_min < self.a_max:
-            raise ValueError(f"Need 0 < a_min < a_max, got {self.a_min}, {self.a_max}.")
+            raise ValueError(
+                f"CakeEating: need 0 < a_min < a_max, got {self.a_min}, "
+                f"{self.a_max}. Pass e.g. `a_min=0.1, a_max=4.0`."
+            )
 
     @property
     def kappa(self) -> float:

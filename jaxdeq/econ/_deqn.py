@@ -15,7 +15,8 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._solution import RESULTS
-from ..pinn import fit
+from ..pinn import accuracy_report, fit
+from ._checks import check_int
 from ._quadrature import _default_float, gauss_hermite, monomial_rule, Quadrature
 
 
@@ -159,7 +160,10 @@ def euler_error_summary(errors: ArrayLike) -> EulerErrorSummary:
     """
     e = np.abs(np.asarray(errors, dtype=np.float64)).ravel()
     if e.size == 0:
-        raise ValueError("euler_error_summary: `errors` is empty.")
+        raise ValueError(
+            "euler_error_summary: `errors` is empty. Pass the errors of at least "
+            "one state."
+        )
     bad = ~np.isfinite(e)
     if bad.any():
         raise ValueError(
@@ -257,6 +261,17 @@ class AbstractDEQNModel(eqx.Module):
         """The relative Euler errors at one state, e.g.
         $u'^{-1}(\\beta\\,\\mathbb{E}[R' u'(c')])/c - 1$, unit-free (consumption
         units): a scalar or a vector with one entry per Euler equation."""
+
+
+class AbstractClosedFormDEQNModel(AbstractDEQNModel):
+    """An [`jaxdeq.econ.AbstractDEQNModel`][] that knows its policy in closed
+    form: the marker of that capability (test it with `isinstance`).
+    [`jaxdeq.econ.DEQNSolution.closed_form_errors`][] compares a trained policy
+    with it."""
+
+    @abc.abstractmethod
+    def policy_true(self, state: Float[Array, " state"]) -> Float[Array, " policy"]:
+        """The closed-form policy at one state, one entry per policy name."""
 
 
 def _state_dim(model: AbstractDEQNModel) -> int:
@@ -440,17 +455,13 @@ def simulate(
     or a simulation that leaves the model's domain (non-finite states: the policy
     is out of range).
     """
-    for label, value, minimum in (
-        ("num_paths", num_paths, 1),
-        ("path_length", path_length, 1),
-        ("burn_in", burn_in, 0),
+    for label, value, minimum, example in (
+        ("num_paths", num_paths, 1, 256),
+        ("path_length", path_length, 1, 8),
+        ("burn_in", burn_in, 0, 100),
     ):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"simulate: `{label}` must be an int, got {value!r}.")
-        if value < minimum:
-            raise ValueError(
-                f"simulate: `{label}` must be at least {minimum}, got {value}."
-            )
+        check_int("simulate", label, value, minimum, example)
+    num_paths, path_length, burn_in = int(num_paths), int(path_length), int(burn_in)
     if initial_states is not None:
         _check_states("simulate", model, initial_states)
         if jnp.shape(initial_states)[0] != num_paths:
@@ -517,11 +528,24 @@ def _default_quadrature(dim: int) -> Quadrature:
     return monomial_rule(dim, 2)
 
 
+_DEQN_EXAMPLES = {
+    "width": 32,
+    "depth": 2,
+    "num_paths": 256,
+    "path_length": 8,
+    "burn_in": 0,
+    "adam_steps": 2000,
+    "lbfgs_steps": 1000,
+    "resample_every": 100,
+    "log_every": 100,
+    "report_paths": 512,
+    "report_length": 32,
+    "report_burn_in": 100,
+}
+
+
 def _check_size(label: str, value, minimum: int = 1) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"DEQN: `{label}` must be an int, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"DEQN: `{label}` must be at least {minimum}, got {value}.")
+    check_int("DEQN", label, value, minimum, _DEQN_EXAMPLES[label])
 
 
 class DEQN(eqx.Module):
@@ -603,7 +627,7 @@ class DEQN(eqx.Module):
         ):
             raise ValueError(
                 f"DEQN: `target` must be a finite loss >= 0 or None, got "
-                f"{self.target!r}."
+                f"{self.target!r}. Pass e.g. `target=1e-10`."
             )
         if self.adam_steps + self.lbfgs_steps == 0:
             raise ValueError(
@@ -624,6 +648,54 @@ class DEQN(eqx.Module):
                     f"DEQN: `{label}` must be a jaxdeq.econ.Quadrature or None, got "
                     f"{type(value).__name__}. Build one with `gauss_hermite(n, dim)`."
                 )
+
+    @classmethod
+    def brock_mirman(cls, *, small: bool = False) -> "DEQN":
+        r"""The settings tuned for [`jaxdeq.econ.BrockMirman`][]: a width-16 MLP
+        on wide training sets of short paths (the box of initial states and the
+        transition from it cover the rare states of long fresh paths), Adam with
+        a cosine-decayed learning rate to find the basin, then L-BFGS, which takes
+        the error from $10^{-3}$ to $10^{-6}$.
+
+        In float64, on fresh simulated paths, the full run reaches a mean
+        relative Euler error near $10^{-5.9}$ and a maximum near $10^{-4.8}$
+        (2000 Adam and 2000 L-BFGS steps, about 30 s on two CPU cores,
+        compilation included); the small run about $10^{-5.4}$ and $10^{-4.8}$
+        in 10–20 s.
+
+        **Arguments:**
+
+        - `small`: 500 Adam and 1000 L-BFGS steps on a smaller training set, and
+            Euler errors reported on fewer fresh paths.
+
+        **Returns:**
+
+        A `DEQN`, e.g. for `solve_deqn(BrockMirman(), DEQN.brock_mirman(),
+        key=key)`.
+        """
+        if not isinstance(small, (bool, np.bool_)):
+            raise TypeError(
+                f"DEQN.brock_mirman: `small` must be True or False, got {small!r}. "
+                "Pass e.g. `small=True`."
+            )
+        adam_steps = 500 if small else 2000
+        return cls(
+            width=16,
+            depth=2,
+            quadrature=gauss_hermite(5),
+            num_paths=128 if small else 256,
+            path_length=4 if small else 8,
+            burn_in=0,
+            adam_steps=adam_steps,
+            learning_rate=optax.cosine_decay_schedule(1e-2, adam_steps, alpha=0.1),
+            lbfgs_steps=1000 if small else 2000,
+            resample_every=100,
+            log_every=100,
+            report_paths=128 if small else 512,
+            report_length=16 if small else 32,
+            report_burn_in=100,
+            report_quadrature=gauss_hermite(10),
+        )
 
 
 class DEQNSolution(eqx.Module):
@@ -660,6 +732,38 @@ class DEQNSolution(eqx.Module):
     result: RESULTS
     loss: float
     terms: dict[str, float]
+
+    def closed_form_errors(self) -> dict[str, dict[str, float]]:
+        r"""The trained policy against the model's closed form on the fresh
+        simulated `states`, per policy name: the relative L2 error, the largest
+        absolute and relative errors and the mean relative error
+        ([`jaxdeq.pinn.accuracy_report`][]).
+
+        For [`jaxdeq.econ.BrockMirman`][] the policy is the savings share $s$;
+        since next period's capital is $K' = s\,zK^\alpha$, its relative error is
+        that of $K'$.
+
+        **Raises:**
+
+        `TypeError` when the model has no closed form (is not an
+        [`jaxdeq.econ.AbstractClosedFormDEQNModel`][]).
+        """
+        model = self.policy.model
+        if not isinstance(model, AbstractClosedFormDEQNModel):
+            raise TypeError(
+                "DEQNSolution.closed_form_errors: the model "
+                f"{type(model).__name__} has no closed form to compare with. "
+                "Subclass jaxdeq.econ.AbstractClosedFormDEQNModel and give its "
+                "`policy_true`, or check the Euler errors in `euler` instead."
+            )
+        states = jnp.asarray(self.states.reshape(-1, self.states.shape[-1]))
+        trained = jax.vmap(self.policy)(states)
+        true = jax.vmap(model.policy_true)(states)
+        out = {}
+        for i, name in enumerate(model.policy_names):
+            report = accuracy_report(trained[:, i], true[:, i])
+            out[name] = {k: float(v) for k, v in report.items()}
+        return out
 
 
 def solve_deqn(
@@ -722,12 +826,12 @@ def solve_deqn(
     if not isinstance(model, AbstractDEQNModel):
         raise TypeError(
             "solve_deqn: `model` must subclass jaxdeq.econ.AbstractDEQNModel, got "
-            f"{type(model).__name__}."
+            f"{type(model).__name__}. Pass e.g. `jaxdeq.econ.BrockMirman()`."
         )
     if not isinstance(solver, DEQN):
         raise TypeError(
             f"solve_deqn: `solver` must be a jaxdeq.econ.DEQN, got "
-            f"{type(solver).__name__}."
+            f"{type(solver).__name__}. Pass e.g. `jaxdeq.econ.DEQN()`."
         )
     quadrature = solver.quadrature
     if quadrature is None:
@@ -751,7 +855,7 @@ def solve_deqn(
     if not bool(jnp.all(jnp.isfinite(start_states))):
         raise ValueError(
             f"solve_deqn: `{type(model).__name__}.initial_states` returned non-finite "
-            "states."
+            "states. Draw them from a bounded box around the ergodic set."
         )
     start_states = start_states.astype(dtype)
     loc = jnp.mean(start_states, axis=0)

@@ -13,12 +13,15 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float, Int, Scalar
+from jaxtyping import Array, Float, Int, Scalar
 
 from .._solution import as_results, Report, RESULTS
 from .._solver.bracketed_newton import BracketedNewton
+from ._checks import check_int, check_optional_tolerance, check_real
 from ._households import (
     _as_int,
+    _check_gamma,
+    _check_grid,
     _is_concrete,
     _report,
     AbstractHousehold,
@@ -125,13 +128,14 @@ class Huggett(AbstractEconomy):
         self.lam = jnp.asarray(lam, dtype)
         self.a_min = jnp.asarray(a_min, dtype)
         self.a_max = jnp.asarray(a_max, dtype)
-        self.grid_size = _as_int("grid_size", grid_size)
-        self.r_bracket = _as_bracket(r_bracket)
+        self.grid_size = _as_int("Huggett", "grid_size", grid_size, 500)
+        self.r_bracket = _as_bracket("Huggett", r_bracket)
         if self.r_bracket is not None:
-            _check_bracket(self.r_bracket, self.rho)
+            _check_bracket("Huggett", "r_bracket", self.r_bracket, self.rho)
 
     def __check_init__(self):
-        _check_two_state(self.z, self.lam)
+        _check_household_parameters("Huggett", self)
+        _check_two_state("Huggett", self.z, self.lam)
         self.household()  # validates the household's parameters
         _check_income_at_limit(self)
 
@@ -229,23 +233,25 @@ class Aiyagari(AbstractEconomy):
         self.lam = jnp.asarray(lam, dtype)
         self.a_min = jnp.asarray(a_min, dtype)
         self.a_max = jnp.asarray(a_max, dtype)
-        self.grid_size = _as_int("grid_size", grid_size)
-        self.r_bracket = _as_bracket(r_bracket)
+        self.grid_size = _as_int("Aiyagari", "grid_size", grid_size, 1000)
+        self.r_bracket = _as_bracket("Aiyagari", r_bracket)
         if self.r_bracket is not None:
-            _check_bracket(self.r_bracket, self.rho)
+            _check_bracket("Aiyagari", "r_bracket", self.r_bracket, self.rho)
         if (
             self.r_bracket is not None
             and _is_concrete(self.delta)
             and not self.r_bracket[0] > -float(self.delta)
         ):
             raise ValueError(
-                f"the bracket's lower end {self.r_bracket[0]} must be above -delta = "
-                f"{-float(self.delta)} (the rental rate r + delta must be positive)."
+                f"Aiyagari: the lower end of `r_bracket`, {self.r_bracket[0]}, must "
+                f"be above -delta = {-float(self.delta)} (the rental rate r + delta "
+                "must be positive). Raise it."
             )
 
     def __check_init__(self):
         _check_technology(self)
-        _check_two_state(self.z, self.lam)
+        _check_household_parameters("Aiyagari", self)
+        _check_two_state("Aiyagari", self.z, self.lam)
         self.household()  # validates the household's parameters
         _check_income_at_limit(self)
 
@@ -311,21 +317,36 @@ def _check_technology(economy: "Aiyagari") -> None:
         0 < float(economy.alpha) < 1 and 0 <= float(economy.delta) < np.inf
     ):
         raise ValueError(
-            f"need 0 < alpha < 1 and a finite delta >= 0, got alpha = "
-            f"{float(economy.alpha)}, delta = {float(economy.delta)}."
+            f"Aiyagari: need 0 < alpha < 1 and a finite delta >= 0, got alpha = "
+            f"{float(economy.alpha)}, delta = {float(economy.delta)}. Pass e.g. "
+            "`alpha=1/3, delta=0.05` (Moll's)."
         )
     if _is_concrete(economy.productivity) and not (
         0 < float(economy.productivity) < np.inf
     ):
         raise ValueError(
-            "total factor productivity must be positive and finite, got "
+            "Aiyagari: total factor productivity must be positive and finite, got "
             f"productivity = {float(economy.productivity)}: with A <= 0 the firm "
             "produces nothing, demands no capital and pays no wage, so there is "
             "no capital market to clear. Use e.g. productivity=0.1 (Moll's)."
         )
 
 
-def _check_two_state(z, lam):
+def _check_household_parameters(name: str, economy: "Huggett | Aiyagari") -> None:
+    """The households' grid, discount rate and risk aversion, with the economy's
+    name in the messages (before the household itself is built)."""
+    _check_grid(
+        name,
+        economy.a_min,
+        economy.a_max,
+        economy.grid_size,
+        economy.rho,
+        jnp.zeros((1, 1), jnp.result_type(economy.rho)),
+    )
+    _check_gamma(name, economy.gamma)
+
+
+def _check_two_state(name: str, z, lam):
     """The two-state Poisson income of Huggett and Aiyagari: endowments and
     switching rates, with messages in their own terms."""
     if not _is_concrete(z, lam):
@@ -333,21 +354,24 @@ def _check_two_state(z, lam):
     z, lam = np.asarray(z), np.asarray(lam)
     if z.shape != (2,) or lam.shape != (2,):
         raise ValueError(
-            f"`z` and `lam` must each have two entries (two income states), got "
-            f"shapes {z.shape} and {lam.shape}."
+            f"{name}: `z` and `lam` must each have two entries (two income "
+            f"states), got shapes {z.shape} and {lam.shape}. Pass e.g. "
+            "`z=(0.1, 0.2), lam=(1.2, 1.2)`."
         )
     if not np.all(np.isfinite(z)) or np.any(z <= 0):
         raise ValueError(
-            f"the income states z = {z} must be positive and finite: z is the "
-            "labour endowment a household earns in each state, and a state with "
-            "zero or negative income leaves no consumption at the borrowing limit."
+            f"{name}: the income states z = {z} must be positive and finite: z is "
+            "the labour endowment a household earns in each state, and a state "
+            "with zero or negative income leaves no consumption at the borrowing "
+            "limit. Give every state a positive income."
         )
     if not np.all(np.isfinite(lam)) or np.any(lam <= 0):
         raise ValueError(
-            f"the switching intensities lam = {lam} must be positive and finite: "
-            "with a zero rate an income state is never left, so the stationary "
-            "income distribution is degenerate (or, with both zero, not unique) "
-            "and aggregate labour and savings are not defined."
+            f"{name}: the switching intensities lam = {lam} must be positive and "
+            "finite: with a zero rate an income state is never left, so the "
+            "stationary income distribution is degenerate (or, with both zero, "
+            "not unique) and aggregate labour and savings are not defined. Give "
+            "both rates a positive value, e.g. `lam=(1.2, 1.2)`."
         )
 
 
@@ -355,6 +379,7 @@ def _check_income_at_limit(economy: "Huggett | Aiyagari") -> None:
     r"""Income at the borrowing limit must be positive at every rate of the bracket,
     or households at the limit cannot consume: the borrowing limit must be above the
     natural borrowing limit $-w z_{\min}/r$."""
+    name = type(economy).__name__
     household = economy.household()
     lower, upper = economy.bracket()
     rho = household.rho
@@ -372,7 +397,8 @@ def _check_income_at_limit(economy: "Huggett | Aiyagari") -> None:
         if r > 0 and a_min < 0:
             natural = -w * z_min / r
             raise ValueError(
-                f"the borrowing limit a_min = {a_min:.6g} is at or below the natural "
+                f"{name}: the borrowing limit a_min = {a_min:.6g} is at or below the "
+                "natural "
                 f"borrowing limit -w z_min / r = {natural:.6g} at r = {r:.6g} (the "
                 "top of the interest-rate bracket): a household that borrowed that "
                 "much could not pay the interest out of its lowest income, "
@@ -382,33 +408,52 @@ def _check_income_at_limit(economy: "Huggett | Aiyagari") -> None:
                 f"{w * z_min / -a_min:.6g}."
             )
         raise ValueError(
-            f"income at the borrowing limit a_min = {a_min:.6g} is {income} at "
+            f"{name}: income at the borrowing limit a_min = {a_min:.6g} is {income} at "
             f"r = {r:.6g} (an end of the interest-rate bracket): consumption cannot "
             "stay positive there. Raise a_min, the lowest income state, or narrow "
             "`r_bracket`."
         )
 
 
-def _as_bracket(bracket) -> tuple[float, float] | None:
+def _as_bracket(name: str, bracket) -> tuple[float, float] | None:
     if bracket is None:
         return None
-    lo, hi = (float(x) for x in bracket)
+    try:
+        lo, hi = (float(x) for x in bracket)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name}: `r_bracket` must be a pair of numbers (lower, upper), got "
+            f"{bracket!r}. Pass e.g. `r_bracket=(0.01, 0.04)`."
+        ) from None
     return lo, hi
 
 
-def _check_bracket(bracket, rho):
-    lo, hi = bracket
+def _check_bracket(name: str, label: str, bracket, rho):
+    try:
+        lo, hi = bracket
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name}: `{label}` must be a pair (lower, upper), got {bracket!r}. "
+            f"Pass e.g. `{label}=(0.01, 0.04)`."
+        ) from None
+    if not _is_concrete(lo, hi, rho):
+        return
+    lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"`r_bracket` must be finite, got {bracket}.")
+        raise ValueError(
+            f"{name}: `{label}` must be finite, got {bracket}. Pass e.g. "
+            f"`{label}=(0.01, 0.04)`."
+        )
     if not lo < hi:
         raise ValueError(
-            f"`r_bracket` must be (lower, upper) with lower < upper, got {bracket}."
+            f"{name}: `{label}` must be (lower, upper) with lower < upper, got "
+            f"{bracket}. Swap the ends."
         )
-    if _is_concrete(rho) and not hi < float(rho):
+    if not hi < float(rho):
         raise ValueError(
-            f"the bracket's upper end r = {hi} must be below rho = {float(rho)}: at "
-            "r >= rho households save without bound and there is no stationary "
-            "distribution."
+            f"{name}: the upper end of `{label}`, r = {hi}, must be below rho = "
+            f"{float(rho)}: at r >= rho households save without bound and there is "
+            "no stationary distribution. Lower it below rho."
         )
 
 
@@ -442,6 +487,81 @@ class EquilibriumSolution(eqx.Module):
             self.steps,
             jnp.abs(self.excess_supply),
             household=self.household.report,
+        )
+
+
+class FiniteDifference(eqx.Module):
+    r"""Solves an economy's households by the implicit upwind finite-difference
+    scheme on its wealth grid ([`jaxdeq.econ.solve_household`][]), for
+    [`jaxdeq.econ.solve_equilibrium`][], and clears the market by
+    [`jaxdeq.BracketedNewton`][]: Newton steps on $S(r)$ with $S'(r)$ from one
+    implicit forward-mode derivative through the household's HJB and KFE solves,
+    kept inside the bracket by bisection. It typically takes 4–6 Newton steps to
+    $|S| < 10^{-10}$. Everything is differentiable with respect to the economy's
+    parameters (implicit function theorem).
+
+    **Arguments:**
+
+    - `rtol`, `atol`: market clearing: stop when the Newton step on $r$ is at
+        most `atol` $+$ `rtol` $|r|$. `None` (the default) follows the economy's
+        dtype: $10^{-12}$ and $10^{-14}$ in float64; $100\epsilon$ and
+        $\epsilon$ otherwise ($1.2 \cdot 10^{-5}$ and $1.2 \cdot 10^{-7}$ in
+        float32), which a float32 solve can reach.
+    - `max_steps`: the most root-finding steps.
+    - `delta`: the households' pseudo-time step (Moll's codes: 1000;
+        `float("inf")` for policy iteration).
+    - `household_rtol`, `household_atol`, `household_max_steps`: the tolerances
+        and step budget of each household solve (`rtol`, `atol`, `max_steps` of
+        [`jaxdeq.econ.solve_household`][]).
+    - `check_grid`: warn ([`jaxdeq.econ.CoarseGridWarning`][], with an estimate
+        of the error of $r^*$ from [`jaxdeq.econ.grid_error`][], one more solve)
+        when the wealth grid is too coarse to resolve the stationary
+        distribution: fewer than 20 grid points from the borrowing limit to the
+        99th percentile of wealth. Checked when the values are concrete (not
+        under `jit`, `vmap` or differentiation).
+
+    **Raises:**
+
+    `TypeError` for a setting of the wrong type, `ValueError` for one out of
+    range.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    max_steps: int = 60
+    delta: float = 1000.0
+    household_rtol: float | None = None
+    household_atol: float = 0.0
+    household_max_steps: int = 500
+    check_grid: bool = True
+
+    def __check_init__(self):
+        name = "FiniteDifference"
+        check_optional_tolerance(name, "rtol", self.rtol, 1e-12)
+        check_optional_tolerance(name, "atol", self.atol, 1e-14)
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError(
+                f"{name}: `rtol` and `atol` are both 0, so market clearing would "
+                "stop only at `max_steps`. Pass e.g. `atol=1e-14`, or leave both "
+                "at None."
+            )
+        check_int(name, "max_steps", self.max_steps, 1, 60)
+        check_real(name, "delta", self.delta, 1000.0, positive=True, allow_inf=True)
+        check_optional_tolerance(name, "household_rtol", self.household_rtol, 1e-12)
+        check_real(name, "household_atol", self.household_atol, 0.0)
+        check_int(name, "household_max_steps", self.household_max_steps, 1, 500)
+        if not isinstance(self.check_grid, (bool, np.bool_)):
+            raise TypeError(
+                f"{name}: `check_grid` must be True or False, got "
+                f"{self.check_grid!r}. Pass e.g. `check_grid=False`."
+            )
+
+    def _household_options(self) -> dict:
+        return dict(
+            delta=float(self.delta),
+            rtol=self.household_rtol,
+            atol=float(self.household_atol),
+            max_steps=int(self.household_max_steps),
         )
 
 
@@ -514,7 +634,8 @@ def _strongly_typed(economy, dtype):
 class CoarseGridWarning(UserWarning):
     """The wealth grid is too coarse to resolve the stationary distribution, so the
     equilibrium found on it can be far from the grid-converged one (raised by
-    [`jaxdeq.econ.solve_equilibrium`][]; silence it with
+    [`jaxdeq.econ.solve_equilibrium`][] with a [`jaxdeq.econ.FiniteDifference`][]
+    solver; silence it with `FiniteDifference(check_grid=False)` or
     `warnings.simplefilter("ignore", jaxdeq.econ.CoarseGridWarning)`)."""
 
 
@@ -534,38 +655,61 @@ def _with_grid_size(economy: AbstractEconomy, grid_size: int) -> AbstractEconomy
     return dataclasses.replace(economy, grid_size=grid_size)  # pyright: ignore
 
 
+def _check_economy(name: str, economy) -> None:
+    if not isinstance(economy, AbstractEconomy):
+        raise TypeError(
+            f"{name}: `economy` must be a jaxdeq.econ.AbstractEconomy, got "
+            f"{type(economy).__name__}. Pass e.g. `jaxdeq.econ.Huggett()`."
+        )
+
+
+def _check_solver(name: str, solver) -> None:
+    if not isinstance(solver, FiniteDifference):
+        raise TypeError(
+            f"{name}: `solver` must be a jaxdeq.econ.FiniteDifference, got "
+            f"{type(solver).__name__}. Pass e.g. `jaxdeq.econ.FiniteDifference()`."
+        )
+
+
 def grid_error(
     economy: AbstractEconomy,
     solution: EquilibriumSolution | None = None,
-    **options,
+    solver: FiniteDifference = FiniteDifference(),
+    *,
+    r0: float | None = None,
+    bracket: tuple[float, float] | None = None,
 ) -> Scalar:
     r"""An estimate of the discretisation error of the equilibrium rate $r^*$ on the
     economy's wealth grid, by grid refinement.
 
-    The upwind scheme is first-order in the grid step, $r^*_N pprox r^* + C/N$, so
-    the same solve on a grid half as fine gives $r^*_{N/2} - r^*_N pprox C/N$: the
-    error of $r^*_N$ (Richardson). Grids under 6 points are compared with one twice
-    as fine instead, $2(r^*_N - r^*_{2N})$. It costs one more equilibrium solve (and
-    its compilation).
+    The upwind scheme is first-order in the grid step, $r^*_N \approx r^* + C/N$,
+    so the same solve on a grid half as fine gives $r^*_{N/2} - r^*_N \approx
+    C/N$: the error of $r^*_N$ (Richardson). Grids under 6 points are compared
+    with one twice as fine instead, $2(r^*_N - r^*_{2N})$. It costs one more
+    equilibrium solve (and its compilation).
 
     **Arguments:**
 
     - `economy`: an economy with a `grid_size` field ([`jaxdeq.econ.Huggett`][],
         [`jaxdeq.econ.Aiyagari`][]).
     - `solution`: its equilibrium, if already solved.
-    - `options`: passed to [`jaxdeq.econ.solve_equilibrium`][].
+    - `solver`, `r0`, `bracket`: as in [`jaxdeq.econ.solve_equilibrium`][].
 
     **Returns:**
 
     $|r^*_N - r^*_{\text{other}}|$ scaled as above; NaN when the other solve
     fails.
     """
-    options = dict(options, throw=False)
+    _check_economy("grid_error", economy)
+    _check_solver("grid_error", solver)
+    quiet = dataclasses.replace(solver, check_grid=False)
     if solution is None:
-        solution = _solve(economy, warn=False, **options)
+        solution = _solve_fd(economy, quiet, r0=r0, bracket=bracket, throw=False)
     n = economy.household().grid_size
     other = n // 2 if n >= 6 else 2 * n
-    coarse = _solve(_with_grid_size(economy, other), warn=False, **options)
+    coarse = _solve_fd(
+        _with_grid_size(economy, other), quiet, r0=r0, bracket=bracket, throw=False
+    )
     diff = jnp.abs(solution.r - coarse.r)
     if other > n:
         diff = 2 * diff
@@ -573,13 +717,13 @@ def grid_error(
     return jnp.where(ok, diff, jnp.nan)
 
 
-def _warn_if_coarse(economy, solution, options) -> None:
+def _warn_if_coarse(economy, solution, solver, r0, bracket) -> None:
     points = _resolving_points(solution.household)
     if points >= MIN_RESOLVING_POINTS:
         return
     n = economy.household().grid_size
     try:
-        error = float(grid_error(economy, solution, **options))
+        error = float(grid_error(economy, solution, solver, r0=r0, bracket=bracket))
         estimate = (
             f" Refining the grid estimates the error of r* = "
             f"{float(solution.r):.6g} at about {error:.2g} "
@@ -598,101 +742,62 @@ def _warn_if_coarse(economy, solution, options) -> None:
     )
 
 
-def solve_equilibrium(
-    economy: AbstractEconomy,
-    *,
-    r0: float | None = None,
-    bracket: tuple[float, float] | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    max_steps: int = 60,
-    throw: bool = True,
-    check_grid: bool = True,
-    **household_options,
-) -> EquilibriumSolution:
-    r"""The stationary general equilibrium of an economy: the interest rate $r^*$
-    with $S(r^*) = 0$, the households' solution there, and the aggregates.
+def _bracket(name: str, economy: AbstractEconomy, bracket, r0):
+    """The bracket to search (the economy's unless given) and the start (its
+    middle unless given), checked when concrete."""
+    rho = economy.household().rho
+    if bracket is not None:
+        _check_bracket(name, "bracket", bracket, rho)
+    lower, upper = bracket if bracket is not None else economy.bracket()
+    if r0 is None:
+        return lower, upper, 0.5 * (lower + upper)
+    if _is_concrete(r0, lower, upper) and not float(lower) <= float(r0) <= float(upper):
+        raise ValueError(
+            f"{name}: r0 = {float(r0):.6g} is outside the bracket "
+            f"[{float(lower):.6g}, {float(upper):.6g}]. Pass an r0 inside it, or a "
+            "`bracket` around it (below rho)."
+        )
+    return lower, upper, r0
 
-    $S(r)$ (for example Huggett's bond supply $\int a\,dG$) is evaluated by
-    [`jaxdeq.econ.solve_household`][] and solved by [`jaxdeq.BracketedNewton`][]:
-    Newton steps with $S'(r)$ from one implicit forward-mode derivative through
-    the HJB and KFE solves, kept inside the bracket by bisection. It typically
-    takes 4–6 Newton steps to $|S| < 10^{-10}$.
 
-    Derivatives of $r^*$ and of anything in the solution with respect to any
-    parameter $\theta$ of the economy come from the implicit function theorem,
-    $dr^*/d\theta = -\partial_\theta S / \partial_r S$, with the household's own
-    implicit derivatives inside: `jax.grad`, `jax.jacfwd` and `jax.vmap` work
-    through `solve_equilibrium`, with no bisection or finite differences.
-
-    **Arguments:**
-
-    - `economy`: an [`jaxdeq.econ.AbstractEconomy`][] (e.g.
-        [`jaxdeq.econ.Huggett`][], [`jaxdeq.econ.Aiyagari`][]).
-    - `r0`: the starting rate (default: the middle of the bracket).
-    - `bracket`: `(lower, upper)` (default `economy.bracket()`); $S$ must change
-        sign on it.
-    - `rtol`, `atol`: stop when the Newton step is at most `atol` $+$ `rtol`
-        $|r|$. Defaults follow the economy's dtype: $10^{-12}$ and $10^{-14}$ in
-        float64; $100\epsilon$ and $\epsilon$ otherwise ($1.2 \cdot 10^{-5}$ and
-        $1.2 \cdot 10^{-7}$ in float32), which a float32 solve can reach.
-    - `max_steps`: the most root-finding steps.
-    - `throw`: raise if the equilibrium is not found.
-    - `check_grid`: warn ([`jaxdeq.econ.CoarseGridWarning`][], with an estimate of
-        the error of $r^*$ from [`jaxdeq.econ.grid_error`][], one more solve) when
-        the wealth grid is too coarse to resolve the stationary distribution:
-        fewer than `MIN_RESOLVING_POINTS` = 20 grid points from the borrowing limit
-        to the 99th percentile of wealth. Checked when the values are concrete
-        (not under `jit`, `vmap` or differentiation).
-    - `household_options`: passed to [`jaxdeq.econ.solve_household`][]
-        (`delta`, `rtol`, `max_steps`, ...).
-
-    **Returns:**
-
-    An [`jaxdeq.econ.EquilibriumSolution`][].
-    """
-    return _solve(
-        economy,
-        r0=r0,
-        bracket=bracket,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-        throw=throw,
-        warn=check_grid,
-        **household_options,
+def _raise_if_failed(solution, lower, upper, f_lower, f_upper) -> None:
+    """`solve_equilibrium`'s errors with `throw=True`, when the values are
+    concrete: a bracket without a sign change is a ValueError (the input), any
+    other failure a RuntimeError."""
+    if solution.result == RESULTS.successful:
+        return
+    if not float(f_lower) * float(f_upper) <= 0:
+        raise ValueError(
+            f"solve_equilibrium: the excess supply does not change sign on the "
+            f"bracket: S({float(lower):.6g}) = {float(f_lower):.4g}, "
+            f"S({float(upper):.6g}) = {float(f_upper):.4g}. Pass a wider "
+            "`bracket` (below rho)."
+        )
+    raise RuntimeError(
+        "solve_equilibrium: no equilibrium found: "
+        f"{solution.result}. Last r = {float(solution.r):.8g}, "
+        f"S = {float(solution.excess_supply):.3g}. Raise the solver's `max_steps` "
+        "or loosen its `atol`."
     )
 
 
-def _solve(
-    economy,
+def _solve_fd(
+    economy: AbstractEconomy,
+    solver: FiniteDifference,
     *,
-    r0=None,
-    bracket=None,
-    rtol=None,
-    atol=None,
-    max_steps=60,
-    throw=True,
-    warn,
-    **household_options,
+    r0,
+    bracket,
+    throw: bool,
 ) -> EquilibriumSolution:
-    if not isinstance(economy, AbstractEconomy):
-        raise TypeError(
-            "solve_equilibrium: `economy` must be a jaxdeq.econ.AbstractEconomy "
-            f"(e.g. Huggett, Aiyagari), got {type(economy).__name__}."
-        )
-    if bracket is not None:
-        _check_bracket(bracket, economy.household().rho)
-    max_steps = _as_int("max_steps", max_steps)
+    lower, upper, r0 = _bracket("solve_equilibrium", economy, bracket, r0)
     dtype = jnp.result_type(economy.household().rho)
     eps = float(jnp.finfo(dtype).eps)
+    rtol, atol = solver.rtol, solver.atol
     if rtol is None:
         rtol = 1e-12 if jnp.dtype(dtype) == jnp.float64 else 100 * eps
     if atol is None:
         atol = 1e-14 if jnp.dtype(dtype) == jnp.float64 else eps
     economy = _strongly_typed(economy, dtype)
-    lower, upper = bracket if bracket is not None else economy.bracket()
-    r0 = 0.5 * (lower + upper) if r0 is None else r0
     solution, f_lower, f_upper = _solve_equilibrium(
         economy,
         jnp.asarray(r0, dtype),
@@ -700,23 +805,12 @@ def _solve(
         jnp.asarray(upper, dtype),
         float(rtol),
         float(atol),
-        int(max_steps),
-        household_options,
+        int(solver.max_steps),
+        solver._household_options(),
     )
     if throw:
-        if _is_concrete(solution.r) and solution.result != RESULTS.successful:
-            if not float(f_lower) * float(f_upper) <= 0:
-                raise ValueError(
-                    f"solve_equilibrium: the excess supply does not change sign on the "
-                    f"bracket: S({float(lower):.6g}) = {float(f_lower):.4g}, "
-                    f"S({float(upper):.6g}) = {float(f_upper):.4g}. Pass a wider "
-                    "`bracket` (below rho)."
-                )
-            raise RuntimeError(
-                "solve_equilibrium: no equilibrium found: "
-                f"{solution.result}. Last r = {float(solution.r):.8g}, "
-                f"S = {float(solution.excess_supply):.3g}."
-            )
+        if _is_concrete(solution.r):
+            _raise_if_failed(solution, lower, upper, f_lower, f_upper)
         solution = eqx.tree_at(
             lambda s: s.r,
             solution,
@@ -728,116 +822,31 @@ def _solve(
             ),
         )
     if (
-        warn
+        solver.check_grid
         and _is_concrete(solution.r, solution.household.density)
         and solution.household.density.ndim == 2
         and bool(solution.result == RESULTS.successful)
     ):
-        options = dict(
-            r0=r0, bracket=bracket, rtol=rtol, atol=atol, max_steps=max_steps
-        )
-        _warn_if_coarse(economy, solution, dict(options, **household_options))
+        _warn_if_coarse(economy, solution, solver, r0, bracket)
     return solution
 
 
 def excess_supply_curve(
-    economy: AbstractEconomy, rates: Float[Array, " K"], **household_options
+    economy: AbstractEconomy,
+    rates: Float[Array, " K"],
+    solver: FiniteDifference = FiniteDifference(),
 ) -> Float[Array, " K"]:
-    """$S(r)$ at each of `rates` (households solved at each), for plots of the
-    market-clearing condition."""
-
+    """$S(r)$ at each of `rates` (households solved at each, as `solver` says),
+    for plots of the market-clearing condition."""
+    _check_economy("excess_supply_curve", economy)
+    _check_solver("excess_supply_curve", solver)
     dtype = jnp.result_type(economy.household().rho)
     rates = jnp.asarray(rates, dtype)
-    return _excess_curve(_strongly_typed(economy, dtype), rates, household_options)
+    return _excess_curve(
+        _strongly_typed(economy, dtype), rates, solver._household_options()
+    )
 
 
 @eqx.filter_jit
 def _excess_curve(economy, rates, options):
     return jax.vmap(lambda r: _excess(r, (economy, options))[0])(rates)
-
-
-def plot_equilibrium(
-    economy: AbstractEconomy,
-    solution: EquilibriumSolution,
-    outdir,
-    rates: Float[ArrayLike, " K"] | None = None,
-) -> list:
-    """Write the figures of a stationary equilibrium as PNGs into `outdir` (created
-    if missing): `policies.png` (consumption and savings by income state),
-    `density.png` (the wealth density by income state, with the mass at the
-    borrowing limit marked) and `excess_supply.png` ($S(r)$ on `rates`, default 41
-    rates across the bracket, with $r^*$ marked). Needs matplotlib.
-
-    **Returns:**
-
-    The paths written.
-    """
-    import pathlib
-
-    import numpy as np
-
-    # Figures without pyplot: no backend is chosen or changed for the caller.
-    from matplotlib.figure import Figure
-
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    h = solution.household
-    a = np.asarray(h.grid)
-    states = range(h.c.shape[1])
-    paths = []
-
-    fig = Figure(figsize=(9, 3.6))
-    ax_c, ax_s = fig.subplots(1, 2)
-    for j in states:
-        ax_c.plot(a, np.asarray(h.c[:, j]), label=f"income state {j}")
-        ax_s.plot(a, np.asarray(h.s[:, j]), label=f"income state {j}")
-    ax_s.axhline(0.0, color="k", lw=0.5)
-    ax_c.set(xlabel="wealth a", ylabel="consumption c(a)")
-    ax_s.set(xlabel="wealth a", ylabel="savings s(a)")
-    ax_c.legend()
-    fig.suptitle(f"{type(economy).__name__}: policies at r* = {float(solution.r):.6f}")
-    fig.tight_layout()
-    paths.append(outdir / "policies.png")
-    fig.savefig(paths[-1], dpi=120)
-
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.subplots()
-    mass = np.asarray(h.mass_at_limit)
-    for j in states:
-        ax.plot(a, np.asarray(h.density[:, j]), label=f"income state {j}")
-    ax.annotate(
-        f"mass at the limit: {', '.join(f'{m:.4f}' for m in mass)}",
-        xy=(a[0], float(np.max(np.asarray(h.density[0])))),
-        xytext=(0.25, 0.6),
-        textcoords="axes fraction",
-        arrowprops=dict(arrowstyle="->"),
-    )
-    # Up to where all but 1e-6 of the households are.
-    cdf = np.cumsum(np.asarray(h.wealth_distribution))
-    top = a[min(int(np.searchsorted(cdf, 1 - 1e-6)) + 1, len(a) - 1)]
-    ax.set(xlabel="wealth a", ylabel="density g(a)", xlim=(a[0], top))
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    paths.append(outdir / "density.png")
-    fig.savefig(paths[-1], dpi=120)
-
-    if rates is None:
-        lo, hi = economy.bracket()
-        rho = float(economy.household().rho)
-        hi = min(float(hi), rho - 1e-3 * abs(rho))
-        rates = np.linspace(float(lo), hi, 41)
-    rates = np.asarray(rates)
-    s = np.asarray(excess_supply_curve(economy, jnp.asarray(rates)))
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.subplots()
-    ax.plot(rates, s, ".-", label="S(r)")
-    ax.axhline(0.0, color="k", lw=0.5)
-    ax.axvline(
-        float(solution.r), color="C3", ls="--", label=f"r* = {float(solution.r):.6f}"
-    )
-    ax.set(xlabel="interest rate r", ylabel="excess supply S(r)")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(outdir / "excess_supply.png")
-    fig.savefig(paths[-1], dpi=120)
-    return paths

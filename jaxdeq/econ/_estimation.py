@@ -2,6 +2,7 @@ r"""Moments of a stationary wealth distribution, and estimation of an economy's
 parameters from target moments by gradient-based minimum distance through the
 general equilibrium, with standard errors from the implicit Jacobian."""
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -9,13 +10,14 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree, Scalar
 
 from .._solution import RESULTS
-from ._equilibrium import AbstractEconomy, EquilibriumSolution, solve_equilibrium
+from ._checks import check_int
+from ._equilibrium import AbstractEconomy, EquilibriumSolution, FiniteDifference
 from ._households import HouseholdSolution
+from ._solve_equilibrium import solve_equilibrium
 
 
 def top_wealth_share(solution: HouseholdSolution, fraction: float = 0.1) -> Scalar:
@@ -36,7 +38,10 @@ def top_wealth_share(solution: HouseholdSolution, fraction: float = 0.1) -> Scal
     - `fraction`: $q \in (0, 1)$, e.g. 0.1 for the top decile.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"`fraction` must be in (0, 1), got {fraction}.")
+        raise ValueError(
+            f"top_wealth_share: `fraction` must be in (0, 1), got {fraction}. Pass "
+            "e.g. `fraction=0.1` for the top decile."
+        )
     m = solution.wealth_distribution
     a = solution.grid
     above = jnp.cumsum(m[::-1])[::-1] - m  # mass strictly above each point
@@ -90,17 +95,17 @@ def _unflatten(flat, structure):
 # reuse the compiled moments and Jacobian.
 @eqx.filter_jit
 def _moments_and_jacobian(
-    flat, economy, where, structure, moments, target_shape, equilibrium_options
+    flat, economy, where, structure, moments, target_shape, solver
 ):
     def fn(f):
         econ = eqx.tree_at(where, economy, _unflatten(f, structure))
-        equilibrium = solve_equilibrium(econ, throw=False, **equilibrium_options)
+        equilibrium = solve_equilibrium(econ, solver, throw=False)
         ok = equilibrium.result == RESULTS.successful
         m = jnp.asarray(moments(equilibrium), flat.dtype)
         if m.shape != target_shape:
             raise ValueError(
-                f"`moments` returned shape {m.shape}, but `targets` has shape "
-                f"{target_shape}."
+                f"estimate: `moments` returned shape {m.shape}, but `targets` has "
+                f"shape {target_shape}. Return one moment per target."
             )
         m = jnp.where(ok, m, jnp.nan)
         return m, (m, equilibrium)
@@ -122,7 +127,7 @@ def estimate(
     atol: float = 1e-12,
     max_steps: int = 50,
     throw: bool = True,
-    **equilibrium_options,
+    solver: FiniteDifference = FiniteDifference(),
 ) -> EstimationResult:
     r"""Estimate parameters of an economy from target moments by minimum distance
     through its general equilibrium.
@@ -168,7 +173,9 @@ def estimate(
         `atol` $+$ `rtol` $|\theta_k|$.
     - `max_steps`: the most Levenberg–Marquardt steps (accepted or not).
     - `throw`: raise if the minimisation does not converge.
-    - `equilibrium_options`: passed to [`jaxdeq.econ.solve_equilibrium`][].
+    - `solver`: the [`jaxdeq.econ.FiniteDifference`][] settings of each
+        equilibrium ([`jaxdeq.econ.solve_equilibrium`][]); its grid check is
+        skipped inside the estimation, which differentiates through it.
 
     **Returns:**
 
@@ -179,7 +186,8 @@ def estimate(
     targets = jnp.asarray(targets)
     if targets.ndim != 1:
         raise ValueError(
-            f"`targets` must be a vector of moments, got shape {targets.shape}."
+            f"estimate: `targets` must be a vector of moments, got shape "
+            f"{targets.shape}. Pass a 1-D array."
         )
     dtype = targets.dtype
     flat0, unravel = ravel_pytree(
@@ -188,19 +196,22 @@ def estimate(
     n_params, n_moments = flat0.shape[0], targets.shape[0]
     if n_params > n_moments:
         raise ValueError(
-            f"{n_params} parameters cannot be identified from {n_moments} moments."
+            f"estimate: {n_params} parameters cannot be identified from {n_moments} "
+            "moments. Add moments or estimate fewer parameters."
         )
-    if (
-        isinstance(max_steps, (bool, np.bool_))
-        or not isinstance(max_steps, (int, np.integer))
-        or max_steps < 1
-    ):
-        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps}.")
+    check_int("estimate", "max_steps", max_steps, 1, 50)
+    if not isinstance(solver, FiniteDifference):
+        raise TypeError(
+            "estimate: `solver` must be a jaxdeq.econ.FiniteDifference (the "
+            f"estimation differentiates through the equilibrium), got "
+            f"{type(solver).__name__}. Pass e.g. `jaxdeq.econ.FiniteDifference()`."
+        )
     max_steps = int(max_steps)
     sigma = None if moment_covariance is None else jnp.asarray(moment_covariance, dtype)
     if sigma is not None and sigma.shape != (n_moments, n_moments):
         raise ValueError(
-            f"`moment_covariance` must be {n_moments} x {n_moments}, got {sigma.shape}."
+            f"estimate: `moment_covariance` must be {n_moments} x {n_moments}, got "
+            f"{sigma.shape}. Pass one row and column per moment."
         )
     if weights is None:
         weights = (
@@ -209,12 +220,14 @@ def estimate(
     weights = jnp.asarray(weights, dtype)
     if weights.shape != (n_moments, n_moments):
         raise ValueError(
-            f"`weights` must be {n_moments} x {n_moments}, got {weights.shape}."
+            f"estimate: `weights` must be {n_moments} x {n_moments}, got "
+            f"{weights.shape}. Pass one row and column per moment."
         )
     root_weight = jnp.linalg.cholesky(0.5 * (weights + weights.T)).T
     if not jnp.all(jnp.isfinite(root_weight)):
         raise ValueError(
-            "`weights` (or `moment_covariance`) must be positive definite."
+            "estimate: `weights` (or `moment_covariance`) must be positive "
+            "definite. Check it for zero or negative eigenvalues."
         )
 
     leaves, treedef = jax.tree_util.tree_flatten(initial)
@@ -228,7 +241,7 @@ def estimate(
             structure,
             moments,
             targets.shape,
-            equilibrium_options,
+            dataclasses.replace(solver, check_grid=False),
         )
         r = root_weight @ (m - targets)
         g = root_weight @ jac

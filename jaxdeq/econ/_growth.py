@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..pinn import HJB, shape_violation, ValueNetwork
+from ._checks import check_numbers
 from ._hjb import (
     _log_uniform_and_uniform,
     AbstractClosedFormHJBModel,
@@ -42,12 +43,23 @@ class Growth(AbstractClosedFormHJBModel):
     A: float = 1.0
 
     def __check_init__(self):
+        check_numbers(
+            "Growth",
+            alpha=self.alpha,
+            gamma=self.gamma,
+            delta=self.delta,
+            rho=self.rho,
+            A=self.A,
+        )
         if not 0 < self.alpha < 1:
-            raise ValueError(f"Need 0 < alpha < 1, got {self.alpha}.")
+            raise ValueError(
+                f"Growth: need 0 < alpha < 1, got {self.alpha}. Pass e.g. `alpha=0.3`."
+            )
         if self.gamma <= 0 or self.rho <= 0 or self.delta < 0 or self.A <= 0:
             raise ValueError(
-                "Need gamma > 0, rho > 0, delta >= 0 and A > 0; got "
-                f"{self.gamma}, {self.rho}, {self.delta}, {self.A}."
+                "Growth: need gamma > 0, rho > 0, delta >= 0 and A > 0; got "
+                f"{self.gamma}, {self.rho}, {self.delta}, {self.A}. Pass positive "
+                "values (delta may be 0)."
             )
 
     @property

@@ -14,13 +14,20 @@ from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from .._solution import RESULTS
 from ..pinn import accuracy_report, fit, FitResult, HJB
+from ._checks import check_int, check_real
 
 
 def crra(c: Array, gamma: float | Array) -> Array:
     r"""CRRA utility $u(c) = c^{1-\gamma}/(1-\gamma)$, and $\log c$ at $\gamma = 1$."""
-    if isinstance(gamma, (int, float)) and gamma == 1:
-        return jnp.log(c)
-    return c ** (1 - gamma) / (1 - gamma)
+    if isinstance(gamma, (int, float)):
+        if gamma == 1:
+            return jnp.log(c)
+        return c ** (1 - gamma) / (1 - gamma)
+    # An array gamma (a parameter of an economy) may be 1: both branches stay
+    # finite, so that neither poisons the other's derivative.
+    log = gamma == 1
+    safe = jnp.where(log, 2 * jnp.ones_like(gamma), gamma)
+    return jnp.where(log, jnp.log(c), c ** (1 - safe) / (1 - safe))
 
 
 def positive_marginal_value(dV: Array) -> Array:
@@ -206,69 +213,131 @@ def evaluate_hjb(
     return report
 
 
-def solve_hjb(
-    model: AbstractHJBModel,
-    *,
-    key: PRNGKeyArray | None = None,
-    num_points: int = 256,
-    width: int = 32,
-    depth: int = 3,
-    adam_steps: int = 3000,
-    lbfgs_steps: int = 3000,
-    learning_rate: float | None = None,
-    guess_steps: int = 500,
-    shape_weight: float = 1.0,
-    resample_every: int | None = None,
-    log_every: int = 250,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> HJBSolution:
-    """Solve a model's HJB equation with a PINN and check it.
+class PINN(eqx.Module):
+    """How [`jaxdeq.econ.solve_hjb`][] trains a physics-informed network on a
+    model's HJB equation: the network, the training points and the optimiser.
 
     The steps: build the model's network (its hard conditions by construction);
     if the model has an `initial_guess`, fit the network to it (Adam then
     L-BFGS, `guess_steps` each); minimise the mean squared normalised residual
-    on the model's training points by Adam then L-BFGS
-    plus `shape_weight` times the model's shape penalty
-    ([`jaxdeq.pinn.fit`][]); report the accuracy
-    ([`jaxdeq.econ.evaluate_hjb`][]). Runs in the default float dtype; use float64
-    (`jax.config.update("jax_enable_x64", True)`) for accuracies below about
-    1e-4, which is the regime L-BFGS is there for.
+    on the model's training points plus `shape_weight` times the model's shape
+    penalty, by Adam then L-BFGS ([`jaxdeq.pinn.fit`][]).
+
+    **Arguments:**
+
+    - `num_points`: training points, drawn by the model's `sample`.
+    - `width`, `depth`: the network's hidden width and depth.
+    - `adam_steps`, `lbfgs_steps`, `log_every`: as in [`jaxdeq.pinn.fit`][].
+    - `learning_rate`: Adam's; `None` (the default) is 1e-3, or 1e-4 after a fit
+        to an initial guess (small steps keep the optimiser in the guess's basin).
+    - `guess_steps`: Adam and L-BFGS steps of the fit to the initial guess (0: no
+        such fit).
+    - `shape_weight`: the weight of the model's shape penalty
+        ([`jaxdeq.econ.AbstractHJBModel.shape_violation`][]) in the loss.
+    - `resample_every`: draw fresh training points every this many Adam steps
+        (`None`: one fixed set). In many dimensions a fixed set is overfitted;
+        L-BFGS always runs on the last set drawn.
+
+    The defaults suit the one- and two-state models of `jaxdeq.econ`; the LQR in
+    20 dimensions wants `PINN(num_points=4096, width=64, resample_every=100,
+    lbfgs_steps=2000)`.
+
+    **Raises:**
+
+    `TypeError` for a count that is not an int or a weight that is not a number,
+    `ValueError` for one out of range.
+    """
+
+    num_points: int = 256
+    width: int = 32
+    depth: int = 3
+    adam_steps: int = 3000
+    lbfgs_steps: int = 3000
+    learning_rate: float | None = None
+    guess_steps: int = 500
+    shape_weight: float = 1.0
+    resample_every: int | None = None
+    log_every: int = 250
+
+    def __check_init__(self):
+        for label, minimum, example in (
+            ("num_points", 1, 256),
+            ("width", 1, 32),
+            ("depth", 1, 3),
+            ("adam_steps", 0, 3000),
+            ("lbfgs_steps", 0, 3000),
+            ("guess_steps", 0, 500),
+            ("log_every", 1, 250),
+        ):
+            check_int("PINN", label, getattr(self, label), minimum, example)
+        if self.resample_every is not None:
+            check_int("PINN", "resample_every", self.resample_every, 1, 100)
+        if self.learning_rate is not None:
+            check_real("PINN", "learning_rate", self.learning_rate, 1e-3, positive=True)
+        check_real("PINN", "shape_weight", self.shape_weight, 1.0)
+        if self.adam_steps + self.lbfgs_steps == 0:
+            raise ValueError(
+                "PINN: `adam_steps` and `lbfgs_steps` are both 0, so the residual "
+                "would not be minimised at all. Pass e.g. `adam_steps=3000, "
+                "lbfgs_steps=3000`."
+            )
+
+
+def solve_hjb(
+    model: AbstractHJBModel,
+    solver: PINN = PINN(),
+    *,
+    key: PRNGKeyArray,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> HJBSolution:
+    """Solve a model's HJB equation with a PINN and check it.
+
+    Trains the network as `solver` says ([`jaxdeq.econ.PINN`][]), then reports
+    its accuracy ([`jaxdeq.econ.evaluate_hjb`][]). Runs in the default float
+    dtype; use float64 (`jax.config.update("jax_enable_x64", True)`) for
+    accuracies below about 1e-4, which is the regime L-BFGS is there for.
 
     **Arguments:**
 
     - `model`: an [`jaxdeq.econ.AbstractHJBModel`][].
-    - `key`: PRNG key (default `jax.random.PRNGKey(0)`).
-    - `num_points`: training points (a fixed set).
-    - `width`, `depth`: the network's hidden width and depth.
-    - `adam_steps`, `lbfgs_steps`, `log_every`: as in [`jaxdeq.pinn.fit`][].
-    - `learning_rate`: Adam's; by default 1e-3, or 1e-4 after a fit to an
-        initial guess (small steps keep the optimiser in the guess's basin).
-    - `guess_steps`: Adam and L-BFGS steps of the fit to the initial guess.
-    - `resample_every`: draw fresh training points every this many Adam steps
-        (`None`: one fixed set). In many dimensions a fixed set is overfitted;
-        L-BFGS always runs on the last set drawn.
-    - `shape_weight`: weight of the model's shape penalty
-        (`AbstractHJBModel.shape_violation`) in the loss.
+    - `solver`: the [`jaxdeq.econ.PINN`][] settings.
+    - `key`: a JAX PRNG key (network initialisation, training points).
     - `progress`: a callback for progress bars, as in [`jaxdeq.pinn.fit`][]; the
         initial-guess phase reports `phase="guess"`.
 
     **Returns:**
 
     An [`jaxdeq.econ.HJBSolution`][].
+
+    **Raises:**
+
+    `TypeError` when `model` is not an `AbstractHJBModel` or `solver` not a
+    `PINN`.
     """
-    if num_points < 1:
-        raise ValueError(f"num_points={num_points} must be positive.")
+    if not isinstance(model, AbstractHJBModel):
+        raise TypeError(
+            "solve_hjb: `model` must subclass jaxdeq.econ.AbstractHJBModel, got "
+            f"{type(model).__name__}. Pass e.g. `jaxdeq.econ.CakeEating()`."
+        )
+    if not isinstance(solver, PINN):
+        raise TypeError(
+            "solve_hjb: `solver` must be a jaxdeq.econ.PINN, got "
+            f"{type(solver).__name__}. Pass e.g. `jaxdeq.econ.PINN(adam_steps=1000)`."
+        )
     start = time.perf_counter()
-    key = jr.PRNGKey(0) if key is None else key
     key_net, key_points, key_guess, key_fit = jr.split(key, 4)
-    value = model.value_network(key_net, width, depth)
-    points = model.sample(key_points, num_points)
+    value = model.value_network(key_net, solver.width, solver.depth)
+    points = model.sample(key_points, solver.num_points)
+    resample_every = solver.resample_every
 
     def sample(key, params):
         del params
-        return points if resample_every is None else model.sample(key, num_points)
+        if resample_every is None:
+            return points
+        return model.sample(key, solver.num_points)
 
-    has_guess = model.initial_guess(points[0]) is not None and guess_steps > 0
+    has_guess = model.initial_guess(points[0]) is not None and solver.guess_steps > 0
+    learning_rate = solver.learning_rate
     if learning_rate is None:
         learning_rate = 1e-4 if has_guess else 1e-3
     if has_guess:
@@ -282,13 +351,14 @@ def solve_hjb(
             value,
             sample,
             key=key_guess,
-            adam_steps=guess_steps,
-            lbfgs_steps=guess_steps,
+            adam_steps=solver.guess_steps,
+            lbfgs_steps=solver.guess_steps,
             learning_rate=1e-3,
-            log_every=log_every,
+            log_every=solver.log_every,
             progress=guess_progress,
         ).params
     hjb = model.hjb()
+    shape_weight = solver.shape_weight
 
     def loss(value, points):
         r = jax.vmap(lambda z: hjb.residual(value, z, normalise=model.residual_scale))(
@@ -303,11 +373,11 @@ def solve_hjb(
         value,
         sample,
         key=key_fit,
-        adam_steps=adam_steps,
-        lbfgs_steps=lbfgs_steps,
+        adam_steps=solver.adam_steps,
+        lbfgs_steps=solver.lbfgs_steps,
         learning_rate=learning_rate,
         resample_every=resample_every,
-        log_every=log_every,
+        log_every=solver.log_every,
         progress=progress,
     )
     report = evaluate_hjb(model, result.params)
@@ -323,103 +393,3 @@ def _log_uniform_and_uniform(key, num, low_log, low, high):
     a = jnp.exp(jr.uniform(k1, (n1,), minval=np.log(low_log), maxval=np.log(high)))
     b = jr.uniform(k2, (num - n1,), minval=low, maxval=high)
     return jnp.concatenate([a, b])[:, None]
-
-
-def plot_hjb(solution: HJBSolution, outdir) -> list:
-    """Write the figures of an HJB solve as PNGs into `outdir` (created if
-    missing): `value.png` (the value function and, when known, the closed form),
-    `policies.png` (each policy against the closed form), `errors.png` (relative
-    errors of value and policies, log scale) and `loss.png` (the loss per term
-    over training). Models with more than one state variable are drawn along a
-    line through their evaluation box: for a time-dependent model, wealth at the
-    first time; for the LQR, the segment from $-x$ to $x$ along a fixed random
-    direction. Needs matplotlib.
-
-    **Returns:**
-
-    The paths written.
-    """
-    import pathlib
-
-    # Figures without pyplot: no backend is chosen or changed for the caller.
-    from matplotlib.figure import Figure
-
-    outdir = pathlib.Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    model, value = solution.model, solution.value
-    z = np.asarray(model.evaluation_points(400))
-    if z.shape[1] == 1:
-        grid, axis, label = z, z[:, 0], "state"
-    elif getattr(model, "horizon", None) is not None:
-        first = z[:, 0] == z[0, 0]
-        grid, axis, label = z[first], z[first][:, 1], "wealth W at t = 0"
-    else:
-        direction = np.random.default_rng(0).standard_normal(z.shape[1])
-        direction *= np.max(np.abs(z)) / np.max(np.abs(direction))
-        s = np.linspace(-1, 1, 201)
-        grid, axis, label = s[:, None] * direction, s, "position along a line"
-    grid = jnp.asarray(grid)
-    v = np.asarray(jax.vmap(value)(grid))
-    pols = {k: np.asarray(p) for k, p in solution.policies(grid).items()}
-    if has_closed_form(model):
-        assert isinstance(model, AbstractClosedFormHJBModel)
-        v_true = np.asarray(jax.vmap(model.value_true)(grid))
-        p_true = {
-            k: np.asarray(p) for k, p in jax.vmap(model.policies_true)(grid).items()
-        }
-    else:
-        v_true, p_true = None, {}
-    paths = []
-
-    fig = Figure(figsize=(5, 4))
-    ax = fig.subplots()
-    ax.plot(axis, v, label="PINN")
-    if v_true is not None:
-        ax.plot(axis, v_true, "k--", label="closed form")
-    ax.set(xlabel=label, ylabel="V", title=f"{type(model).__name__}: value")
-    ax.legend()
-    paths.append(outdir / "value.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-
-    fig = Figure(figsize=(5 * len(pols), 4))
-    axes = np.atleast_1d(fig.subplots(1, len(pols)))
-    for ax, (name, p) in zip(axes, pols.items()):
-        p2 = p.reshape(len(axis), -1)
-        for j in range(min(p2.shape[1], 3)):
-            ax.plot(axis, p2[:, j], label=f"PINN[{j}]" if p2.shape[1] > 1 else "PINN")
-            if name in p_true:
-                ax.plot(axis, p_true[name].reshape(len(axis), -1)[:, j], "k--")
-        ax.set(xlabel=label, title=f"{name} (dashed: closed form)")
-        ax.legend()
-    paths.append(outdir / "policies.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-
-    if v_true is not None:
-        fig = Figure(figsize=(5, 4))
-        ax = fig.subplots()
-        ax.semilogy(axis, np.abs(v - v_true) / np.abs(v_true), label="value")
-        for name, p in pols.items():
-            t = p_true[name]
-            err = np.abs(p - t).reshape(len(axis), -1).max(axis=1)
-            ax.semilogy(
-                axis, err / np.abs(t).reshape(len(axis), -1).max(axis=1), label=name
-            )
-        ax.set(xlabel=label, ylabel="relative error", title="errors")
-        ax.legend()
-        paths.append(outdir / "errors.png")
-        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-
-    history = solution.fit.history
-    fig = Figure(figsize=(5, 4))
-    ax = fig.subplots()
-    for name in ("loss", "hjb", "shape"):
-        if name in history and np.any(history[name] > 0):
-            ax.semilogy(history["step"], history[name], label=name)
-    switch = history["step"][history["phase"] == 0]
-    if switch.size:
-        ax.axvline(switch[-1], color="grey", ls=":", label="Adam → L-BFGS")
-    ax.set(xlabel="step", title="training loss")
-    ax.legend()
-    paths.append(outdir / "loss.png")
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    return paths

@@ -77,8 +77,8 @@ def poisson_generator(rates) -> Float[Array, "J J"]:
     rates = jnp.asarray(rates)
     if rates.shape != (2,):
         raise ValueError(
-            f"`rates` must be (lambda_1, lambda_2), got shape {rates.shape}; for more "
-            "states pass the intensity matrix itself."
+            f"poisson_generator: `rates` must be (lambda_1, lambda_2), got shape "
+            f"{rates.shape}. For more states pass the intensity matrix itself."
         )
     l1, l2 = rates[0], rates[1]
     return jnp.stack([jnp.stack([-l1, l1]), jnp.stack([l2, -l2])])
@@ -108,7 +108,8 @@ def diffusion_generator(z, drift, volatility) -> Float[Array, "J J"]:
     z = jnp.asarray(z)
     if z.ndim != 1 or z.shape[0] < 2:
         raise ValueError(
-            f"`z` must be a grid of at least two points, got shape {z.shape}."
+            f"diffusion_generator: `z` must be a grid of at least two points, got "
+            f"shape {z.shape}. Pass e.g. `z=jnp.linspace(0.5, 1.5, 20)`."
         )
     dz = z[1] - z[0]
     mu = jnp.broadcast_to(jnp.asarray(drift, z.dtype), z.shape)
@@ -195,46 +196,54 @@ class AbstractHousehold(eqx.Module):
             return
         if float(r) >= float(rho):
             raise ValueError(
-                f"r = {float(r):.6g} >= rho = {float(rho):.6g}: households with "
-                "r >= rho save without bound and have no stationary wealth "
-                "distribution. Use r < rho (a general-equilibrium bracket below rho)."
+                f"solve_household: r = {float(r):.6g} >= rho = {float(rho):.6g}: "
+                "households with r >= rho save without bound and have no "
+                "stationary wealth distribution. Use r < rho (a general-equilibrium "
+                "bracket below rho)."
             )
         income = np.asarray(self.income(self.grid, prices))
         if _is_concrete(income) and not np.all(income[0] > 0):
             raise ValueError(
-                f"income at the borrowing limit a_min = {float(self.a_min):.6g} is "
-                f"{income[0]} at r = {float(r):.6g}: consumption cannot stay positive "
-                "there. Raise a_min above the natural borrowing limit "
-                "-w z_min / r."
+                f"solve_household: income at the borrowing limit a_min = "
+                f"{float(self.a_min):.6g} is {income[0]} at r = {float(r):.6g}: "
+                "consumption cannot stay positive there. Raise a_min above the "
+                "natural borrowing limit -w z_min / r."
             )
 
 
-def _as_int(name: str, value) -> int:
+def _as_int(name: str, label: str, value, example: int) -> int:
     """A Python or NumPy integer as a Python int (bools refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an integer, got {value!r}.")
+        raise TypeError(
+            f"{name}: `{label}` must be an integer, got {value!r} "
+            f"({type(value).__name__}). Pass e.g. `{label}={example}`."
+        )
     return int(value)
 
 
-def _finite_scalar(name: str, value, meaning: str) -> None:
+def _finite_scalar(name: str, label: str, value, meaning: str) -> None:
     if _is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
-        raise ValueError(f"{meaning} `{name}` must be finite, got {np.asarray(value)}.")
+        raise ValueError(
+            f"{name}: {meaning} `{label}` must be finite, got {np.asarray(value)}. "
+            f"Give a finite `{label}`."
+        )
 
 
-def _check_generator(g: np.ndarray) -> None:
+def _check_generator(name: str, g: np.ndarray) -> None:
     """An intensity matrix whose chain has one stationary distribution that visits
     every income state: finite, rows summing to zero, non-negative switching rates,
     and every state reachable from every other (irreducible)."""
     if not np.all(np.isfinite(g)):
         raise ValueError(
-            f"`generator` (the income process's switching intensities) must be "
-            f"finite, got\n{g}"
+            f"{name}: the switching intensities of the income process must be "
+            f"finite, got\n{g}\nGive finite rates."
         )
     off = g - np.diag(np.diag(g))
     if np.any(off < 0) or np.any(np.abs(g.sum(axis=1)) > 1e-8 * (1 + np.abs(g).max())):
         raise ValueError(
-            "`generator` must be an intensity matrix: non-negative off-diagonal "
-            f"rates and rows that sum to zero; got\n{g}"
+            f"{name}: `generator` must be an intensity matrix: non-negative "
+            f"off-diagonal rates and rows that sum to zero; got\n{g}\nBuild one "
+            "with `jaxdeq.econ.poisson_generator(rates)`."
         )
     j = g.shape[0]
     reach = (off > 0) | np.eye(j, dtype=bool)
@@ -243,8 +252,9 @@ def _check_generator(g: np.ndarray) -> None:
     if not reach.all():
         stuck = [int(k) for k in range(j) if not reach[k].all()]
         raise ValueError(
-            f"the income process never leaves some income states: from state(s) "
-            f"{stuck} the household never reaches every other state (zero switching "
+            f"{name}: the income process never leaves some income states: from "
+            f"state(s) {stuck} the household never reaches every other state (zero "
+            "switching "
             "intensities), so the stationary income distribution is not unique or "
             "leaves states empty, and aggregate labour and the equilibrium are not "
             "defined. Make every switching rate (`lam`, or a path of off-diagonal "
@@ -252,33 +262,45 @@ def _check_generator(g: np.ndarray) -> None:
         )
 
 
-def _check_grid(a_min, a_max, grid_size, rho, generator):
-    grid_size = _as_int("grid_size", grid_size)
+def _check_grid(name: str, a_min, a_max, grid_size, rho, generator):
+    """The wealth grid, the discount rate and the income process of a household
+    (`name`: the class the user built, for the messages)."""
+    grid_size = _as_int(name, "grid_size", grid_size, 500)
     if grid_size < 3:
         raise ValueError(
-            f"`grid_size` must be at least 3 (an empty or trivial grid has no "
-            f"derivatives), got {grid_size}."
+            f"{name}: `grid_size` must be at least 3 (an empty or trivial grid has "
+            f"no derivatives), got {grid_size}. Pass e.g. `grid_size=500`."
         )
-    _finite_scalar("a_min", a_min, "the borrowing limit")
-    _finite_scalar("a_max", a_max, "the top of the wealth grid")
+    _finite_scalar(name, "a_min", a_min, "the borrowing limit")
+    _finite_scalar(name, "a_max", a_max, "the top of the wealth grid")
     if _is_concrete(a_min, a_max) and not float(a_max) > float(a_min):
         raise ValueError(
-            f"the wealth grid is empty: a_max = {float(a_max):.6g} must be above "
-            f"a_min = {float(a_min):.6g}."
+            f"{name}: the wealth grid is empty: a_max = {float(a_max):.6g} must be "
+            f"above a_min = {float(a_min):.6g}. Raise a_max or lower a_min."
         )
     if _is_concrete(rho) and not (0 < float(rho) < np.inf):
         raise ValueError(
-            f"the discount rate rho must be > 0 and finite, got {float(rho):.6g}."
+            f"{name}: the discount rate rho must be > 0 and finite, got "
+            f"{float(rho):.6g}. Pass e.g. `rho=0.05`."
         )
     generator = jnp.asarray(generator)
     if generator.ndim != 2 or generator.shape[0] != generator.shape[1]:
         raise ValueError(
-            f"`generator` must be a square (J, J) intensity matrix, got shape "
-            f"{generator.shape}."
+            f"{name}: `generator` must be a square (J, J) intensity matrix, got "
+            f"shape {generator.shape}. Build one with "
+            "`jaxdeq.econ.poisson_generator(rates)`."
         )
     if _is_concrete(generator):
-        _check_generator(np.asarray(generator))
+        _check_generator(name, np.asarray(generator))
     return grid_size
+
+
+def _check_gamma(name: str, gamma) -> None:
+    if _is_concrete(gamma) and not 0 < float(gamma) < np.inf:
+        raise ValueError(
+            f"{name}: risk aversion gamma must be > 0 and finite, got "
+            f"{float(gamma)}. Pass e.g. `gamma=2.0`."
+        )
 
 
 class Household(AbstractHousehold):
@@ -318,18 +340,19 @@ class Household(AbstractHousehold):
         - `grid_size`: the number of wealth grid points $N \ge 3$.
         """
         generator = jnp.asarray(generator)
-        grid_size = _check_grid(a_min, a_max, grid_size, rho, generator)
+        grid_size = _check_grid("Household", a_min, a_max, grid_size, rho, generator)
         self.z = jnp.asarray(z)
         if self.z.ndim != 1 or self.z.shape[0] != generator.shape[0]:
             raise ValueError(
-                "`z` must have one entry per income state "
-                f"({generator.shape[0]}), got shape {self.z.shape}."
+                "Household: `z` must have one entry per income state "
+                f"({generator.shape[0]}), got shape {self.z.shape}. Give one "
+                "endowment per row of `generator`."
             )
         if _is_concrete(self.z):
             z_np = np.asarray(self.z)
             if not np.all(np.isfinite(z_np)) or np.any(z_np < 0):
                 raise ValueError(
-                    "the labour endowment `z` of every income state must be "
+                    "Household: the labour endowment `z` of every income state must be "
                     f"finite and non-negative (income is w z + r a), got {z_np}. "
                     "Negative income is not an income state: model a cost or a "
                     "tax as a lower endowment, down to zero."
@@ -343,10 +366,7 @@ class Household(AbstractHousehold):
         self.generator = jnp.asarray(generator, dtype)
         self.rho = jnp.asarray(rho, dtype)
         self.gamma = jnp.asarray(gamma, dtype)
-        if _is_concrete(self.gamma) and not 0 < float(self.gamma) < np.inf:
-            raise ValueError(
-                f"risk aversion gamma must be > 0 and finite, got {float(self.gamma)}."
-            )
+        _check_gamma("Household", self.gamma)
         self.a_min = jnp.asarray(a_min, dtype)
         self.a_max = jnp.asarray(a_max, dtype)
         self.grid_size = grid_size
@@ -619,9 +639,12 @@ def solve_household(
     dtype = jnp.result_type(v0)
     if rtol is None:
         rtol = _default_rtol(dtype)
-    max_steps = _as_int("max_steps", max_steps)
+    max_steps = _as_int("solve_household", "max_steps", max_steps, 500)
     if max_steps < 1:
-        raise ValueError(f"`max_steps` must be at least 1, got {max_steps}.")
+        raise ValueError(
+            f"solve_household: `max_steps` must be at least 1, got {max_steps}. "
+            "Pass e.g. `max_steps=500`."
+        )
     sol = _solve_household(
         household, prices, v0, float(delta), float(rtol), float(atol), max_steps
     )

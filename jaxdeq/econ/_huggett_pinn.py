@@ -1,6 +1,9 @@
-"""General equilibrium of the continuous-time Huggett economy by PINNs: the value
-functions, the wealth distribution and the interest rate, trained together."""
+"""General equilibrium of the continuous-time Huggett economy by PINNs: at each
+interest rate, networks for the value functions and for the wealth distribution;
+the rate that clears the bond market, by the bracketed root finder of the
+finite-difference equilibrium."""
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,15 +16,17 @@ import lineax as lx
 import numpy as np
 import optimistix as optx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
+from .._solution import as_results, Report, RESULTS
+from .._solver.bracketed_newton import BracketedNewton
 from ..pinn import fit, ShapeConstrainedNetwork
+from ._checks import check_int, check_real
+from ._equilibrium import Huggett
 from ._hjb import crra, positive_marginal_value
+from ._households import _report
 
 
-# r = r0 + _R_SCALE * r_raw: Adam moves every parameter by about its learning rate
-# per step, which must be a small change of an interest rate.
-_R_SCALE = 0.01
 # The width of the state-constraint correction, relative to the wealth range.
 _BUMP = 0.05
 # Where the envelope residual's weight turns from a wealth derivative (above) to
@@ -29,29 +34,20 @@ _BUMP = 0.05
 _ENVELOPE_XI = 0.05
 
 
-class _Economy(eqx.Module):
-    gamma: float = eqx.field(static=True)
-    rho: float = eqx.field(static=True)
-    z: tuple[float, float] = eqx.field(static=True)
-    lam: tuple[float, float] = eqx.field(static=True)
-    a_min: float = eqx.field(static=True)
-    a_max: float = eqx.field(static=True)
-    r0: float = eqx.field(static=True)
+def _length(econ: Huggett) -> Scalar:
+    return econ.a_max - econ.a_min
 
-    @property
-    def length(self) -> float:
-        return self.a_max - self.a_min
 
-    @property
-    def shares(self) -> tuple[float, float]:
-        total = self.lam[0] + self.lam[1]
-        return self.lam[1] / total, self.lam[0] / total
+def _shares(econ: Huggett) -> Float[Array, "2"]:
+    """The stationary income shares pi_j = lam_{-j} / (lam_1 + lam_2)."""
+    return econ.lam[::-1] / jnp.sum(econ.lam)
 
 
 class _Unknowns(eqx.Module):
     value: eqx.nn.MLP
     cdf: tuple[ShapeConstrainedNetwork, ShapeConstrainedNetwork]
-    r_raw: Scalar
+    # The interest rate of this solve: fixed while the networks are trained.
+    r: Scalar
     # Set from the value network, not trained by gradient: the top of the
     # distribution's support, and the low type's speed of dissaving at the
     # borrowing limit, lim -s_1(a) / sqrt(a - a_min).
@@ -59,28 +55,29 @@ class _Unknowns(eqx.Module):
     edge_speed: Scalar
 
 
-def _rate(econ: _Economy, unk: _Unknowns) -> Scalar:
-    return econ.r0 + _R_SCALE * unk.r_raw
+def _rate(econ: Huggett, unk: _Unknowns) -> Scalar:
+    del econ
+    return unk.r
 
 
-def _xi(econ: _Economy, a: Scalar) -> Scalar:
+def _xi(econ: Huggett, a: Scalar) -> Scalar:
     # The square-root coordinate in which both V and G are smooth at a_min.
-    return jnp.sqrt(jnp.maximum(a - econ.a_min, 0.0) / econ.length)
+    return jnp.sqrt(jnp.maximum(a - econ.a_min, 0.0) / _length(econ))
 
 
-def _guess(econ: _Economy, a: Scalar, r: Scalar | float) -> Float[Array, "2"]:
+def _guess(econ: Huggett, a: Scalar, r: Scalar | float) -> Float[Array, "2"]:
     # The value of consuming income forever (the usual initial guess), at the
     # current r, so that the network only learns the correction to it.
-    income = jnp.asarray(econ.z, a.dtype) + r * a
+    income = econ.z + r * a
     return crra(income, econ.gamma) / econ.rho
 
 
-def _wealth(econ: _Economy, xi: Scalar) -> Scalar:
-    return econ.a_min + econ.length * xi**2
+def _wealth(econ: Huggett, xi: Scalar) -> Scalar:
+    return econ.a_min + _length(econ) * xi**2
 
 
 def _value_and_slope(
-    econ: _Economy, unk: _Unknowns, xi: Scalar
+    econ: Huggett, unk: _Unknowns, xi: Scalar
 ) -> tuple[Float[Array, "2"], Float[Array, "2"]]:
     """V_j and V_j' (in wealth) at a = a_min + L xi^2.
 
@@ -101,44 +98,44 @@ def _value_and_slope(
     a = _wealth(econ, xi)
     r = _rate(econ, unk)
     guess, dguess = jax.jvp(lambda b: _guess(econ, b, r), (a,), (one,))
-    scale = jnp.abs(_guess(econ, jnp.asarray(econ.a_min, xi.dtype), econ.r0))
+    scale = jnp.abs(_guess(econ, econ.a_min, r))
     safe = jnp.where(xi > 1e-8, xi, one)
     slope = jnp.where(
-        xi > 1e-8, (dm - dm0) / (2 * econ.length * safe), d2m0 / (2 * econ.length)
+        xi > 1e-8, (dm - dm0) / (2 * _length(econ) * safe), d2m0 / (2 * _length(econ))
     )
     v = guess + scale * (m - xi * dm0)
     dv = dguess + scale * slope
     # A bump with slope 1 at a_min, local so that the guess stays a guess.
-    a_lo = jnp.asarray(econ.a_min, xi.dtype)
+    a_lo = econ.a_min
     target = (econ.z[0] + r * econ.a_min) ** (-econ.gamma)
     slope_lo = jax.jvp(lambda b: _guess(econ, b, r)[0], (a_lo,), (one,))[1]
-    kappa = target - slope_lo - scale[0] * d2m0[0] / (2 * econ.length)
+    kappa = target - slope_lo - scale[0] * d2m0[0] / (2 * _length(econ))
     d = a - econ.a_min
-    width = _BUMP * econ.length
+    width = _BUMP * _length(econ)
     e = jnp.exp(-d / width)
     v = v.at[0].add(kappa * d * e)
     dv = dv.at[0].add(kappa * e * (1 - d / width))
     return v, dv
 
 
-def _policies(econ: _Economy, unk: _Unknowns, xi: Scalar) -> dict[str, Array]:
+def _policies(econ: Huggett, unk: _Unknowns, xi: Scalar) -> dict[str, Array]:
     v, dv = _value_and_slope(econ, unk, xi)
     c = positive_marginal_value(dv) ** (-1 / econ.gamma)
     a = _wealth(econ, xi)
-    income = jnp.asarray(econ.z, xi.dtype) + _rate(econ, unk) * a
+    income = econ.z + _rate(econ, unk) * a
     return {"value": v, "dvalue": dv, "consumption": c, "savings": income - c}
 
 
-def _value(econ: _Economy, unk: _Unknowns, xi: Scalar) -> Float[Array, "2"]:
+def _value(econ: Huggett, unk: _Unknowns, xi: Scalar) -> Float[Array, "2"]:
     return _value_and_slope(econ, unk, xi)[0]
 
 
 def _hjb_raw(
-    econ: _Economy, unk: _Unknowns, xi: Scalar
+    econ: Huggett, unk: _Unknowns, xi: Scalar
 ) -> tuple[Float[Array, "2"], Float[Array, "2"], Float[Array, "2"]]:
     """rho V_j - max_c H_j, with V_j and V_j'."""
     p = _policies(econ, unk, xi)
-    v, lam = p["value"], jnp.asarray(econ.lam, xi.dtype)
+    v, lam = p["value"], econ.lam
     rhs = (
         crra(p["consumption"], econ.gamma)
         + p["dvalue"] * p["savings"]
@@ -147,12 +144,12 @@ def _hjb_raw(
     return econ.rho * v - rhs, v, p["dvalue"]
 
 
-def _hjb_residual(econ: _Economy, unk: _Unknowns, xi: Scalar) -> Float[Array, "2"]:
+def _hjb_residual(econ: Huggett, unk: _Unknowns, xi: Scalar) -> Float[Array, "2"]:
     res, v, _ = _hjb_raw(econ, unk, xi)
     return res / jnp.abs(econ.rho * v)
 
 
-def _envelope_residual(econ: _Economy, unk: _Unknowns, xi: Scalar) -> Float[Array, "2"]:
+def _envelope_residual(econ: Huggett, unk: _Unknowns, xi: Scalar) -> Float[Array, "2"]:
     r"""The HJB differentiated in wealth, relative to $|\rho V_j'|$: by the
     envelope theorem the consumption terms cancel and
     $(\rho - r)V_j' - V_j'' s_j - \lambda_j(V_{-j}' - V_j') = 0$.
@@ -170,19 +167,19 @@ def _envelope_residual(econ: _Economy, unk: _Unknowns, xi: Scalar) -> Float[Arra
     # d/da = d/dxi / (2 L xi), weighted by xi / (xi + _ENVELOPE_XI): near the
     # borrowing limit the wealth derivative of anything smooth in xi (but not
     # zero) grows like 1/xi, and that weight keeps it bounded.
-    return dres / (2 * econ.length * (xi + _ENVELOPE_XI) * jnp.abs(econ.rho * dv))
+    return dres / (2 * _length(econ) * (xi + _ENVELOPE_XI) * jnp.abs(econ.rho * dv))
 
 
-def _edge_speed(econ: _Economy, unk: _Unknowns) -> Scalar:
+def _edge_speed(econ: Huggett, unk: _Unknowns) -> Scalar:
     """lim -s_1(a) / sqrt(a - a_min) at the borrowing limit, where s_1 = 0: s_1
     is smooth in xi, so this is -s_1'(0) / sqrt(L) in xi, by a one-sided
     difference of second order."""
-    h = jnp.asarray(1e-3, unk.r_raw.dtype)
+    h = jnp.asarray(1e-3, unk.r.dtype)
     s1 = [_policies(econ, unk, x)["savings"][0] for x in (h, 2 * h)]
-    return -(4 * s1[0] - s1[1]) / (2 * h * jnp.sqrt(econ.length))
+    return -(4 * s1[0] - s1[1]) / (2 * h * jnp.sqrt(_length(econ)))
 
 
-def _masses(econ: _Economy, unk: _Unknowns) -> Float[Array, "2"]:
+def _masses(econ: Huggett, unk: _Unknowns) -> Float[Array, "2"]:
     r"""The mass points $m_j = G_j(\underline a)$. The high type saves at the
     limit, so $m_2 = 0$. The low type's mass is what the flux into it requires:
     the integrated KFE at $\underline a$ is $\lim s_1 g_1 = -\lambda_1 m_1$, and
@@ -190,8 +187,8 @@ def _masses(econ: _Economy, unk: _Unknowns) -> Float[Array, "2"]:
     m_1) H_1(\eta)$ the limit is $-c(\pi_1 - m_1)H_1'(0) / (2\sqrt{\bar a -
     \underline a})$. A trained mass (a sigmoid of a parameter) got stuck at zero
     in a saturated sigmoid."""
-    dtype = unk.r_raw.dtype
-    pi = econ.shares[0]
+    dtype = unk.r.dtype
+    pi = _shares(econ)[0]
     net = unk.cdf[0]
     zero, one = jnp.zeros((1,), dtype), jnp.ones((1,), dtype)
     slope = jax.jvp(net, (zero,), (one,))[1] / (net(one) - net(zero))
@@ -199,11 +196,11 @@ def _masses(econ: _Economy, unk: _Unknowns) -> Float[Array, "2"]:
     return jnp.stack([pi * q / (1 + q), jnp.zeros((), dtype)])
 
 
-def _support_top(econ: _Economy, unk: _Unknowns, num: int = 4001) -> Scalar:
+def _support_top(econ: Huggett, unk: _Unknowns, num: int = 4001) -> Scalar:
     """The top of the wealth distribution's support: the first wealth where the
     high type stops saving (its savings change sign), by a scan on a grid even in
     xi and bisection; a_max if it saves everywhere."""
-    dtype = unk.r_raw.dtype
+    dtype = unk.r.dtype
     xi = jnp.linspace(0.0, 1.0, num, dtype=dtype)
     s_high = jax.vmap(lambda x: _policies(econ, unk, x)["savings"][1])(xi)
     below = s_high <= 0
@@ -220,20 +217,20 @@ def _support_top(econ: _Economy, unk: _Unknowns, num: int = 4001) -> Scalar:
     return jnp.where(jnp.any(below), _wealth(econ, hi), econ.a_max)
 
 
-def _eta(econ: _Economy, unk: _Unknowns, a: Scalar) -> Scalar:
+def _eta(econ: Huggett, unk: _Unknowns, a: Scalar) -> Scalar:
     # The distribution's coordinate: xi's square root, but on the support.
     frac = (a - econ.a_min) / (unk.top - econ.a_min)
     return jnp.sqrt(jnp.clip(frac, 0.0, 1.0))
 
 
-def _support_wealth(econ: _Economy, unk: _Unknowns, eta: Scalar) -> Scalar:
+def _support_wealth(econ: Huggett, unk: _Unknowns, eta: Scalar) -> Scalar:
     return econ.a_min + (unk.top - econ.a_min) * eta**2
 
 
-def _cdf_eta(econ: _Economy, unk: _Unknowns, eta: Scalar) -> Float[Array, "2"]:
+def _cdf_eta(econ: Huggett, unk: _Unknowns, eta: Scalar) -> Float[Array, "2"]:
     """G_j as a function of eta: m_j + (pi_j - m_j) H_j(eta), H_j increasing from
     H_j(0) = 0 to H_j(1) = 1."""
-    shares = jnp.asarray(econ.shares, eta.dtype)
+    shares = _shares(econ)
     m = _masses(econ, unk)
     lo, hi = jnp.zeros_like(eta), jnp.ones_like(eta)
     out = []
@@ -251,24 +248,24 @@ def _cdf_eta(econ: _Economy, unk: _Unknowns, eta: Scalar) -> Float[Array, "2"]:
     return cdf + jax.lax.stop_gradient(end - cdf)
 
 
-def _cdf(econ: _Economy, unk: _Unknowns, a: Scalar) -> Float[Array, "2"]:
+def _cdf(econ: Huggett, unk: _Unknowns, a: Scalar) -> Float[Array, "2"]:
     return _cdf_eta(econ, unk, _eta(econ, unk, a))
 
 
-def _density(econ: _Economy, unk: _Unknowns, a: Scalar) -> Float[Array, "2"]:
+def _density(econ: Huggett, unk: _Unknowns, a: Scalar) -> Float[Array, "2"]:
     return jax.jvp(lambda b: _cdf(econ, unk, b), (a,), (jnp.ones_like(a),))[1]
 
 
 def _kfe_residual(
-    econ: _Economy, unk: _Unknowns, a: Scalar, s: Float[Array, "2"]
+    econ: Huggett, unk: _Unknowns, a: Scalar, s: Float[Array, "2"]
 ) -> Float[Array, "2"]:
     """s_j G_j' + lam_j G_j - lam_{-j} G_{-j} at a > a_min, given the savings s
     there, relative to the flux scale lam_1 pi_1. Zero above the support, where
     G_j = pi_j."""
     g, dg = jax.jvp(lambda b: _cdf(econ, unk, b), (a,), (jnp.ones_like(a),))
-    lam = jnp.asarray(econ.lam, a.dtype)
+    lam = econ.lam
     res = s * dg + lam * g - lam[::-1] * g[::-1]
-    return res / (econ.lam[0] * econ.shares[0])
+    return res / (econ.lam[0] * _shares(econ)[0])
 
 
 def _legendre(t: Scalar, num: int) -> tuple[Array, Array]:
@@ -297,7 +294,7 @@ class _KFEData(eqx.Module):
 
 
 def _kfe_data(
-    econ: _Economy, unk: _Unknowns, eta_points, eta_nodes, eta_weights, num: int
+    econ: Huggett, unk: _Unknowns, eta_points, eta_nodes, eta_weights, num: int
 ) -> _KFEData:
     r"""The weak form uses the test functions $\psi_k$ (Legendre in wealth
     normalised to the support) on type $i$: $f_{\rm self}[k, i] = s_i\psi_k' -
@@ -306,7 +303,7 @@ def _kfe_data(
     \pi_j - \int \partial_a f\, G_j\,da$ needs their wealth derivatives at the
     nodes."""
     length = unk.top - econ.a_min
-    lam = jnp.asarray(econ.lam, eta_nodes.dtype)
+    lam = econ.lam
 
     def savings(a):
         return _policies(econ, unk, _xi(econ, a))["savings"]
@@ -324,7 +321,7 @@ def _kfe_data(
 
     d_self, d_other = jax.vmap(at_node)(eta_nodes)
     f_self, f_other = integrands(unk.top)
-    shares = jnp.asarray(econ.shares, eta_nodes.dtype)
+    shares = _shares(econ)
     a_points = jax.vmap(lambda e: _support_wealth(econ, unk, e))(eta_points)
     return _KFEData(
         points=a_points,
@@ -337,14 +334,14 @@ def _kfe_data(
     )
 
 
-def _strong_residual(econ: _Economy, unk: _Unknowns, data: _KFEData) -> Array:
+def _strong_residual(econ: Huggett, unk: _Unknowns, data: _KFEData) -> Array:
     return jax.vmap(lambda a, s: _kfe_residual(econ, unk, a, s))(
         data.points, data.savings
     )
 
 
 def _weak_residual(
-    econ: _Economy, unk: _Unknowns, data: _KFEData
+    econ: Huggett, unk: _Unknowns, data: _KFEData
 ) -> Float[Array, "num 2"]:
     r"""$\sum_j \int (A\varphi)_j\,dG_j$ for the test functions
     $\varphi = \psi_k e_i$: the stationarity of $G$ in weak form, by
@@ -362,7 +359,7 @@ def _weak_residual(
     num = data.top.shape[0]
     k = jnp.arange(1, num + 1, dtype=data.nodes.dtype)
     bound = 1 + k * (k + 1) * (econ.z[1] - econ.z[0]) / length
-    return (data.top - inner) / (econ.lam[0] * econ.shares[0] * bound[:, None])
+    return (data.top - inner) / (econ.lam[0] * _shares(econ)[0] * bound[:, None])
 
 
 def _quadrature(num: int, panels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -375,7 +372,7 @@ def _quadrature(num: int, panels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _excess_supply(
-    econ: _Economy, unk: _Unknowns, nodes: Array, weights: Array
+    econ: Huggett, unk: _Unknowns, nodes: Array, weights: Array
 ) -> Scalar:
     """int a dG = top - int_{a_min}^{top} (G_1 + G_2) da by parts (G = pi above
     the support, with pi_1 + pi_2 = 1); in eta, da = 2 (top - a_min) eta deta."""
@@ -385,15 +382,16 @@ def _excess_supply(
 
 
 class HuggettPINNSolution(eqx.Module):
-    r"""What [`jaxdeq.econ.solve_huggett_pinn`][] returns: the stationary
-    equilibrium of the Huggett economy as trained networks.
+    r"""What [`jaxdeq.econ.solve_equilibrium`][] returns for a
+    [`jaxdeq.econ.PINNHousehold`][] solver: the stationary equilibrium of the
+    Huggett economy as trained networks.
 
     The methods take wealth `a` of any shape `(...)` and return arrays of shape
     `(..., 2)`, the last axis being the income state (low, high).
 
     **Attributes:**
 
-    - `r`: the equilibrium interest rate.
+    - `r`: the equilibrium interest rate, the last rate the root finder tried.
     - `mass`: shape `(2,)`, the mass of each type at the borrowing limit,
         $m_j = G_j(\underline a)$.
     - `shares`: shape `(2,)`, the stationary income shares
@@ -405,12 +403,17 @@ class HuggettPINNSolution(eqx.Module):
         `"envelope"`, `"kfe"`, `"weak"`, the weighted `"loss"`, and `"clearing"`
         $= S^2$) as floats, and `"hjb_max"`, `"envelope_max"`, `"kfe_max"`: the
         largest absolute normalised residuals on a fine grid.
-    - `clearing`: the `(r, S(r))` of every solve of the clearing iteration;
-        the solution is the solve with the smallest $|S|$.
+    - `clearing`: the `(r, S(r))` of every solve, in the order the root finder
+        asked for them (the ends of the bracket first, then each rate and the
+        rate a `slope_step` beside it).
+    - `steps`: the root finder's steps ([`jaxdeq.BracketedNewton`][]).
+    - `result`: a [`jaxdeq.RESULTS`][]: `successful` when the root finder
+        converged (its last step, or the bracket, within `atol + rtol |r|`).
     - `history`: one [`jaxdeq.pinn.FitResult`][] history per training stage,
         keyed `"hjb_k"`, `"kfe_k"` and `"both_k"` for the `k`-th solve, and
         `"polish_k"` (the loss before and after, and the steps taken).
     - `wall_time`: seconds, compilation included.
+    - `economy`: the [`jaxdeq.econ.Huggett`][] economy solved.
     """
 
     r: Scalar
@@ -420,10 +423,18 @@ class HuggettPINNSolution(eqx.Module):
     support_top: Scalar
     terms: dict[str, float]
     clearing: tuple[tuple[float, float], ...]
+    steps: Int[Array, ""]
+    result: RESULTS
     history: dict[str, dict[str, np.ndarray]]
     wall_time: float
-    economy: _Economy
+    economy: Huggett
     unknowns: _Unknowns
+
+    @property
+    def report(self) -> Report:
+        """The solve as a [`jaxdeq.Report`][]: `result`, `num_steps` (root-finding
+        steps) and `abs_residual` ($|S(r^*)|$, the market-clearing error)."""
+        return _report(self.result, self.steps, jnp.abs(self.excess_supply))
 
     def _map(self, fn: Callable, a, in_xi: bool = True) -> Float[Array, "... 2"]:
         a = jnp.asarray(a)
@@ -489,40 +500,33 @@ def _collocation(num: int, focus: float = 1.0) -> np.ndarray:
     return np.sort(np.concatenate([xi, np.sqrt(a_unit)]))
 
 
-def solve_huggett_pinn(
-    *,
-    gamma: float = 2.0,
-    rho: float = 0.05,
-    z: tuple[float, float] = (0.1, 0.2),
-    lam: tuple[float, float] = (1.2, 1.2),
-    a_min: float = -0.15,
-    a_max: float = 5.0,
-    r0: float = 0.03,
-    key: PRNGKeyArray | None = None,
-    width: int = 32,
-    depth: int = 3,
-    cdf_width: int = 16,
-    cdf_depth: int = 2,
-    num_points: int = 512,
-    value_focus: float = 0.15,
-    quadrature_panels: int = 16,
-    adam_steps: int | tuple[int, int] = 2000,
-    lbfgs_steps: int | tuple[int, int, int] = (3000, 12000, 0),
-    learning_rate: float = 1e-3,
-    clearing_iterations: int = 8,
-    clearing_tol: float = 1e-7,
-    initial_step: float = 0.002,
-    envelope_weight: float = 10.0,
-    polish_steps: int = 40,
-    kfe_weight: float = 1.0,
-    weak_weight: float = 1.0,
-    test_functions: int = 16,
-    log_every: int = 250,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> HuggettPINNSolution:
-    r"""Solve the stationary general equilibrium of the Huggett economy with
-    neural networks for the value functions and for the wealth distribution, and
-    the interest rate as a trained scalar.
+def _as_stages(num: int) -> Callable[[Any], Any]:
+    """A field converter: one step count for every stage, or one per stage."""
+
+    def convert(value):
+        if isinstance(value, (int, np.integer)) and not isinstance(
+            value, (bool, np.bool_)
+        ):
+            return (int(value),) * num
+        if isinstance(value, (tuple, list)):
+            return tuple(int(v) if isinstance(v, np.integer) else v for v in value)
+        return value
+
+    return convert
+
+
+class PINNHousehold(eqx.Module):
+    r"""Solves the Huggett economy's households with neural networks, for
+    [`jaxdeq.econ.solve_equilibrium`][]: at each interest rate, a network for the
+    value functions and one for each income state's wealth distribution; the
+    rate that clears the bond market by [`jaxdeq.BracketedNewton`][], as with
+    [`jaxdeq.econ.FiniteDifference`][].
+
+    It takes a [`jaxdeq.econ.Huggett`][] economy (two income states, low first;
+    its `grid_size` is not used) and returns a
+    [`jaxdeq.econ.HuggettPINNSolution`][]. The finite-difference solution is the
+    reference it is checked against; the PINN is for problems where a grid is
+    not an option.
 
     Households with CRRA utility $u(c) = c^{1-\gamma}/(1-\gamma)$ and income
     $z_j$ that switches from $j$ to $-j$ at rate $\lambda_j$ save in a bond at
@@ -584,23 +588,26 @@ def solve_huggett_pinn(
         where nobody is (the residuals there are of order savings times
         density, both small); on the support, the distribution's error in $S$
         fell from about $10^{-2}$ to $5\cdot10^{-5}$.
-    - *Market clearing.* $S(r) = \int a\,dG = a^\star -
+    - *Excess supply.* $S(r) = \int a\,dG = a^\star -
         \int_{\underline a}^{a^\star} (G_1 + G_2)\,da$ (by parts), by composite
         Gauss–Legendre quadrature in $\eta$, where the integrand is smooth.
     - *Training.* At a given $r$, by [`jaxdeq.pinn.fit`][] (Adam then
         L-BFGS) and a Levenberg–Marquardt polish: the HJB (value network only),
         then the KFE (distribution only, with what it needs from the fixed
         value network computed once), then optionally both together (the
-        support held fixed). $r$ is a scalar in the parameter pytree, updated
-        between solves by secant steps on $S(r)$ (increasing in $r$) until the
-        root is bracketed and by false position (Illinois) after, each solve
-        starting from the same initial networks; the result is the solve with
-        the smallest $|S|$. Training $r$ by gradient together with the
+        support held fixed). Each solve starts from the same initial networks.
+    - *Market clearing.* $S(r)$ increases in $r$; the rate that clears the
+        market is found by [`jaxdeq.BracketedNewton`][], the root finder of the
+        finite-difference equilibrium, on the bracket of
+        [`jaxdeq.econ.solve_equilibrium`][]. A solve is a training run, which
+        JAX does not differentiate, so the slope $S'(r)$ of each Newton step is
+        the forward difference $(S(r + h) - S(r))/h$, $h$ = `slope_step`: one
+        more solve per step. Training $r$ by gradient together with the
         networks, with $S^2$ as a penalty, did not work: $S$ is poorly
         conditioned with respect to the residuals (residuals of $10^{-6}$
         allowed $S$ to move by $10^{-2}$), so the optimiser cleared the market
-        by bending $G$ and $V$ and left $r$ near $r_0$. Warm starting the
-        networks from the previous $r$ failed the same way.
+        by bending $G$ and $V$ and left $r$ near where it started. Warm
+        starting the networks from the previous $r$ failed the same way.
     - *Accuracy.* $S$ depends on the policy almost only where households are: a
         savings error of $10^{-4}$ on $[\underline a, 0.5]$ moves $S$ by
         $10^{-3}$ (and $r^*$ by about $1.6\cdot10^{-4}$, as $dS/dr \approx 6$),
@@ -612,10 +619,6 @@ def solve_huggett_pinn(
 
     **Arguments:**
 
-    - `gamma`, `rho`, `z`, `lam`, `a_min`, `a_max`: the economy (Moll's values
-        by default); `z` and `lam` are (low, high).
-    - `r0`: the first interest rate tried; must be below `rho`.
-    - `key`: PRNG key for the initial weights (default `jax.random.PRNGKey(0)`).
     - `width`, `depth`: the value network's.
     - `cdf_width`, `cdf_depth`: each distribution network's.
     - `num_points`: collocation points (of the value and of the distribution).
@@ -628,31 +631,32 @@ def solve_huggett_pinn(
         $9\cdot10^{-5}$ and the error of $S$ due to the policy from
         $8\cdot10^{-4}$ to $4\cdot10^{-5}$.
     - `quadrature_panels`: panels of 16-point Gauss–Legendre for $\int G\,da$.
+    - `test_functions`: Legendre test functions per type in the weak form.
     - `adam_steps`: Adam steps of the (hjb, kfe) stages, or one int for both.
     - `lbfgs_steps`: L-BFGS steps of the (hjb, kfe, both) stages, or one int.
         The joint stage is off by default: it traded accuracy of the
         distribution for a smaller HJB residual.
     - `learning_rate`: Adam's.
     - `envelope_weight`: the weight of the envelope residual in the value's loss.
+    - `kfe_weight`, `weak_weight`: weights of the strong and weak KFE terms.
     - `polish_steps`: Levenberg–Marquardt steps on the value's residuals after
         L-BFGS (`optimistix.LevenbergMarquardt`, a dense QR of the Jacobian per
         step); 0 for none.
-    - `kfe_weight`, `weak_weight`: weights of the strong and weak KFE terms.
-    - `test_functions`: Legendre test functions per type in the weak form.
-    - `clearing_iterations`: the most solves at different $r$.
-    - `clearing_tol`: stop when $|S(r)|$ is below this.
-    - `initial_step`: the first change of $r$ (towards clearing).
-    - `log_every`, `progress`: as in [`jaxdeq.pinn.fit`][]; `progress` also
-        receives `"stage"`, and after each solve a dict with `"stage":
-        "clearing"`, `"iteration"`, `"r"` and `"excess_supply"`.
-
-    **Returns:**
-
-    A [`jaxdeq.econ.HuggettPINNSolution`][].
+    - `rtol`, `atol`: market clearing: stop when the last Newton step on $r$, or
+        the bracket, is at most `atol` $+$ `rtol` $|r|$. The default `atol`,
+        $10^{-4}$, is the accuracy that a solve's error in $S$ allows.
+    - `max_steps`: the most root-finding steps; each costs two solves, and the
+        first three more (both ends of the bracket, the start and its slope).
+    - `slope_step`: $h$ in the slope $(S(r + h) - S(r))/h$ (taken to the left
+        near the top of the bracket). Each solve's $S$ is off by up to a few
+        $10^{-4}$, so $h$ must be large enough for that to be small against
+        $h\,S'(r) \approx 6h$.
+    - `log_every`: as in [`jaxdeq.pinn.fit`][].
 
     **Raises:**
 
-    `ValueError` for an economy outside the model's assumptions.
+    `TypeError` for a setting of the wrong type, `ValueError` for one out of
+    range.
 
     ??? cite "References"
 
@@ -670,57 +674,207 @@ def solve_huggett_pinn(
         }
         ```
     """
-    z = (float(z[0]), float(z[1]))
-    lam = (float(lam[0]), float(lam[1]))
-    if gamma <= 0 or rho <= 0:
-        raise ValueError(f"Need gamma > 0 and rho > 0, got {gamma}, {rho}.")
-    if not 0 < z[0] < z[1] or min(lam) <= 0:
-        raise ValueError(
-            f"Need 0 < z[0] < z[1] (low income first) and lam > 0, got z={z}, "
-            f"lam={lam}."
-        )
-    if not a_min < a_max or z[0] + r0 * a_min <= 0:
-        raise ValueError(
-            f"Need a_min < a_max and income z[0] + r0 a_min > 0 at the limit, got "
-            f"a_min={a_min}, a_max={a_max}, r0={r0}."
-        )
-    if not r0 < rho:
-        raise ValueError(f"Need r0 < rho (or wealth diverges), got {r0} >= {rho}.")
-    steps = []
-    for name, value, num in (
-        ("adam_steps", adam_steps, 2),
-        ("lbfgs_steps", lbfgs_steps, 3),
-    ):
-        value = (value,) * num if isinstance(value, int) else tuple(value)
-        if len(value) != num or min(value) < 0:
-            raise ValueError(
-                f"{name}={value!r}: give a non-negative int or {num} of them."
-            )
-        steps.append(value)
-    if clearing_iterations < 1:
-        raise ValueError(f"clearing_iterations={clearing_iterations} must be >= 1.")
-    if not 0 < value_focus <= 1:
-        raise ValueError(f"value_focus={value_focus} must be in (0, 1].")
-    if polish_steps < 0 or min(envelope_weight, kfe_weight, weak_weight) < 0:
-        raise ValueError(
-            f"Need polish_steps >= 0 and non-negative weights, got polish_steps="
-            f"{polish_steps}, envelope_weight={envelope_weight}, kfe_weight="
-            f"{kfe_weight}, weak_weight={weak_weight}."
-        )
-    start = time.perf_counter()
-    key = jr.PRNGKey(0) if key is None else key
-    k_value, k_cdf1, k_cdf2, k_fit = jr.split(key, 4)
-    econ = _Economy(
-        gamma=float(gamma),
-        rho=float(rho),
-        z=z,
-        lam=lam,
-        a_min=float(a_min),
-        a_max=float(a_max),
-        r0=float(r0),
+
+    width: int = 32
+    depth: int = 3
+    cdf_width: int = 16
+    cdf_depth: int = 2
+    num_points: int = 512
+    value_focus: float = 0.15
+    quadrature_panels: int = 16
+    test_functions: int = 16
+    adam_steps: tuple[int, ...] = eqx.field(
+        default=(2000, 2000), converter=_as_stages(2)
     )
-    dtype = jnp.zeros(()).dtype
-    mlp = eqx.nn.MLP(1, 2, width, depth, activation=jnp.tanh, key=k_value)
+    lbfgs_steps: tuple[int, ...] = eqx.field(
+        default=(3000, 12000, 0), converter=_as_stages(3)
+    )
+    learning_rate: float = 1e-3
+    envelope_weight: float = 10.0
+    kfe_weight: float = 1.0
+    weak_weight: float = 1.0
+    polish_steps: int = 40
+    rtol: float = 0.0
+    atol: float = 1e-4
+    max_steps: int = 8
+    slope_step: float = 2e-3
+    log_every: int = 250
+
+    def __check_init__(self):
+        name = "PINNHousehold"
+        for label, minimum, example in (
+            ("width", 1, 32),
+            ("depth", 1, 3),
+            ("cdf_width", 1, 16),
+            ("cdf_depth", 1, 2),
+            ("num_points", 2, 512),
+            ("quadrature_panels", 1, 16),
+            ("test_functions", 1, 16),
+            ("polish_steps", 0, 40),
+            ("max_steps", 1, 8),
+            ("log_every", 1, 250),
+        ):
+            check_int(name, label, getattr(self, label), minimum, example)
+        for label, num, example in (
+            ("adam_steps", 2, (2000, 2000)),
+            ("lbfgs_steps", 3, (3000, 12000, 0)),
+        ):
+            value = getattr(self, label)
+            if not isinstance(value, tuple):
+                raise TypeError(
+                    f"{name}: `{label}` must be an int or a tuple of {num} ints, "
+                    f"got {value!r}. Pass e.g. `{label}={example!r}`."
+                )
+            if len(value) != num:
+                raise ValueError(
+                    f"{name}: `{label}` must be one int or {num} of them (one per "
+                    f"stage), got {value!r}. Pass e.g. `{label}={example!r}`."
+                )
+            for v in value:
+                check_int(name, label, v, 0, example[0])
+        check_real(name, "value_focus", self.value_focus, 0.15, positive=True, upper=1)
+        check_real(name, "learning_rate", self.learning_rate, 1e-3, positive=True)
+        for label, example in (
+            ("envelope_weight", 10.0),
+            ("kfe_weight", 1.0),
+            ("weak_weight", 1.0),
+            ("rtol", 0.0),
+            ("atol", 1e-4),
+        ):
+            check_real(name, label, getattr(self, label), example)
+        check_real(name, "slope_step", self.slope_step, 2e-3, positive=True)
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError(
+                f"{name}: `rtol` and `atol` are both 0, so market clearing would "
+                "never stop before `max_steps`. Pass e.g. `atol=1e-4`."
+            )
+
+
+def _check_pinn_economy(
+    economy: Huggett, lower: float, upper: float, r0: float
+) -> None:
+    """What the PINN's formulation assumes beyond what Huggett checks: the low
+    income state first (its mass point and its binding constraint are built into
+    the networks), and positive income at the borrowing limit on the whole
+    bracket."""
+    name = "solve_equilibrium"
+    z = np.asarray(economy.z)
+    if not z[0] < z[1]:
+        raise ValueError(
+            f"{name}: PINNHousehold needs the low income state first, got z = "
+            f"{tuple(float(v) for v in z)}. Swap the income states and their "
+            "rates: `Huggett(z=(low, high), lam=(rate out of low, rate out of "
+            "high))`."
+        )
+    a_min = float(economy.a_min)
+    for r in (lower, upper):
+        if not float(z[0]) + r * a_min > 0:
+            raise ValueError(
+                f"{name}: income at the borrowing limit, z_low + r a_min = "
+                f"{float(z[0]) + r * a_min:.6g}, is not positive at r = {r:.6g} "
+                "(an end of the bracket). Pass a `bracket` on which it is, or "
+                "raise a_min."
+            )
+    if not lower <= r0 <= upper:
+        raise ValueError(
+            f"{name}: r0 = {r0:.6g} is outside the bracket [{lower:.6g}, "
+            f"{upper:.6g}]. Pass an r0 inside it, or a `bracket` around it (below "
+            "rho)."
+        )
+
+
+class _Clearing:
+    """The host side of market clearing: every solve, by interest rate (a solve
+    is deterministic in r, so a rate asked for twice is solved once), and the
+    first error raised in one."""
+
+    def __init__(self, solve_at: Callable, progress: Callable | None, dtype):
+        self.solve_at: Callable | None = solve_at
+        self.progress: Callable | None = progress
+        self.dtype = np.dtype(dtype)
+        self.solves: dict[float, tuple[_Unknowns, float]] = {}
+        self.order: list[tuple[float, float]] = []
+        self.history: dict[str, dict[str, np.ndarray]] = {}
+        self.error: BaseException | None = None
+
+    def close(self) -> tuple:
+        """What was found: the first error, the solves by rate, the rates in the
+        order asked, and the training histories. Afterwards the host side holds
+        nothing (the compiled root finder keeps this object, which would keep
+        every network and compiled training program alive)."""
+        out = (self.error, self.solves, self.order, self.history)
+        self.solve_at = self.progress = self.error = None
+        self.solves, self.order, self.history = {}, [], {}
+        return out
+
+    def excess_supply(self, r) -> np.ndarray:
+        r = float(r)
+        dtype = self.dtype
+        if r in self.solves:
+            return np.asarray(self.solves[r][1], dtype)
+        if self.error is not None:
+            return np.asarray(math.nan, dtype)
+        k = len(self.order)
+        assert self.solve_at is not None, "asked for a solve after close()"
+        try:
+            unknowns, excess, history = self.solve_at(r, f"_{k}")
+        except Exception as error:  # re-raised once the root finder returns
+            self.error = error
+            return np.asarray(math.nan, dtype)
+        self.solves[r] = (unknowns, excess)
+        self.order.append((r, excess))
+        self.history.update(history)
+        if self.progress is not None:
+            self.progress(
+                {"stage": "clearing", "iteration": k, "r": r, "excess_supply": excess}
+            )
+        return np.asarray(excess, dtype)
+
+
+def _market(clearing: _Clearing, dtype, step: float, upper: float) -> Callable:
+    """S(r) for the root finder: each value a solve on the host, each slope the
+    forward difference over `step` (backward near the top of the bracket)."""
+
+    @jax.custom_jvp
+    def excess_supply(r):
+        return jax.pure_callback(
+            clearing.excess_supply,
+            jax.ShapeDtypeStruct((), dtype),
+            r,
+            vmap_method="sequential",
+        )
+
+    @excess_supply.defjvp
+    def excess_supply_jvp(primals, tangents):
+        (r,), (dr,) = primals, tangents
+        h = jnp.where(r + step <= upper, step, -step).astype(dtype)
+        s = excess_supply(r)
+        slope = (excess_supply(r + h) - s) / h
+        return s, slope * dr
+
+    return lambda r, args: excess_supply(r)
+
+
+def _solve_pinn(
+    economy: Huggett,
+    solver: PINNHousehold,
+    *,
+    r0: float,
+    lower: float,
+    upper: float,
+    key: PRNGKeyArray,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> tuple[HuggettPINNSolution, tuple[float, float]]:
+    """The PINN equilibrium, and S at the ends of the bracket."""
+    _check_pinn_economy(economy, lower, upper, r0)
+    start = time.perf_counter()
+    k_value, k_cdf1, k_cdf2, k_fit = jr.split(key, 4)
+    econ = economy
+    dtype = jnp.result_type(econ.rho)
+    adam_steps, lbfgs_steps = solver.adam_steps, solver.lbfgs_steps
+    mlp = eqx.nn.MLP(
+        1, 2, solver.width, solver.depth, activation=jnp.tanh, key=k_value, dtype=dtype
+    )
     # Start from the guess: the last layer is zero.
     mlp = eqx.tree_at(
         lambda m: (m.layers[-1].weight, m.layers[-1].bias),
@@ -729,20 +883,30 @@ def solve_huggett_pinn(
     )
     cdf1, cdf2 = (
         ShapeConstrainedNetwork(
-            [0.0], [1.0], width=cdf_width, depth=cdf_depth, concave=False, key=k
+            [0.0],
+            [1.0],
+            width=solver.cdf_width,
+            depth=solver.cdf_depth,
+            concave=False,
+            key=k,
         )
         for k in (k_cdf1, k_cdf2)
     )
-    unk = _Unknowns(
+    unk0 = _Unknowns(
         value=mlp,
         cdf=(cdf1, cdf2),
-        r_raw=jnp.zeros((), dtype),
+        r=jnp.asarray(r0, dtype),
         top=jnp.asarray(econ.a_max, dtype),
         edge_speed=jnp.ones((), dtype),
     )
-    points = jnp.asarray(_collocation(num_points), dtype)
-    value_points = jnp.asarray(_collocation(num_points, value_focus), dtype)
-    nodes, weights = (jnp.asarray(v, dtype) for v in _quadrature(16, quadrature_panels))
+    points = jnp.asarray(_collocation(solver.num_points), dtype)
+    value_points = jnp.asarray(
+        _collocation(solver.num_points, solver.value_focus), dtype
+    )
+    nodes, weights = (
+        jnp.asarray(v, dtype) for v in _quadrature(16, solver.quadrature_panels)
+    )
+    envelope_weight = solver.envelope_weight
 
     def residuals(u):
         h = jax.vmap(lambda x: _hjb_residual(econ, u, x))(value_points)
@@ -768,21 +932,17 @@ def solve_huggett_pinn(
         return jnp.sum(vec**2), {"hjb": h, "envelope": e}
 
     def kfe_data(u):
-        return _kfe_data(econ, u, points, nodes, weights, test_functions)
+        return _kfe_data(econ, u, points, nodes, weights, solver.test_functions)
 
     def kfe_terms(u, data):
         k = jnp.mean(_strong_residual(econ, u, data) ** 2)
         w = jnp.mean(_weak_residual(econ, u, data) ** 2)
-        return kfe_weight * k + weak_weight * w, {"kfe": k, "weak": w}
+        return solver.kfe_weight * k + solver.weak_weight * w, {"kfe": k, "weak": w}
 
     def loss_fixed_r(u):
         h, h_terms = hjb_term(u)
         k, k_terms = kfe_terms(u, kfe_data(u))
         return h + k, {**h_terms, **k_terms}
-
-    def sample(key, params):
-        del key, params
-        return points
 
     def stage_progress(stage):
         if progress is None:
@@ -790,161 +950,132 @@ def solve_huggett_pinn(
         report = progress
         return lambda info: report({**info, "stage": stage})
 
+    # The loss functions, and everything else compiled, are built once: what
+    # changes from one solve to the next (the rate, and what a stage takes from
+    # the one before) is passed in as data, so that the solves after the first
+    # reuse the first one's compiled programs.
+    # (Only arrays go in as data: the rest of the unknowns, the same in every
+    # solve, is put back here.)
+    _, unk_static = eqx.partition(unk0, eqx.is_array)
+
+    def arrays(u):
+        return eqx.filter(u, eqx.is_array)
+
+    def loss_hjb(value, u):
+        u = eqx.combine(u, unk_static)
+        return hjb_term(eqx.tree_at(lambda u: u.value, u, value))
+
+    def loss_kfe(cdf, u_and_data):
+        u, data = u_and_data
+        u = eqx.combine(u, unk_static)
+        return kfe_terms(eqx.tree_at(lambda u: u.cdf, u, cdf), data)
+
+    def loss_both(params, u):
+        u = eqx.combine(u, unk_static)
+        return loss_fixed_r(eqx.tree_at(lambda u: (u.value, u.cdf), u, params))
+
+    value_params, value_static = eqx.partition(unk0.value, eqx.is_inexact_array)
+    _, unravel = ravel_pytree(value_params)
+
+    def residual_vector(p, u):
+        u = eqx.combine(u, unk_static)
+        value = eqx.combine(unravel(p), value_static)
+        return hjb_vector(eqx.tree_at(lambda u: u.value, u, value))[0]
+
+    sum_of_squares = eqx.filter_jit(lambda p, u: jnp.sum(residual_vector(p, u) ** 2))
+    support = eqx.filter_jit(lambda u: (_support_top(econ, u), _edge_speed(econ, u)))
+    data_for = eqx.filter_jit(kfe_data)
+    excess_supply = eqx.filter_jit(lambda u: _excess_supply(econ, u, nodes, weights))
+    polisher = optx.LevenbergMarquardt(rtol=1e-13, atol=1e-13, linear_solver=lx.QR())
+
     def solve_at(r, tag):
         """Value, then distribution (on the support the value network gives),
         then optionally both, at a fixed r, from the initial networks."""
-        u0 = eqx.tree_at(
-            lambda u: u.r_raw, unk0, jnp.asarray((r - r0) / _R_SCALE, dtype)
-        )
+        u0 = eqx.tree_at(lambda u: u.r, unk0, jnp.asarray(r, dtype))
         keys = jr.split(k_fit, 3)
         out = {}
-
-        def loss_hjb(value, _):
-            return hjb_term(eqx.tree_at(lambda u: u.value, u0, value))
-
         res = fit(
             loss_hjb,
             u0.value,
-            sample,
+            lambda key, params: arrays(u0),
             key=keys[0],
-            adam_steps=steps[0][0],
-            lbfgs_steps=steps[1][0],
-            learning_rate=learning_rate,
-            log_every=log_every,
+            adam_steps=adam_steps[0],
+            lbfgs_steps=lbfgs_steps[0],
+            learning_rate=solver.learning_rate,
+            log_every=solver.log_every,
             progress=stage_progress(f"hjb{tag}"),
         )
         u1 = eqx.tree_at(lambda u: u.value, u0, res.params)
         out[f"hjb{tag}"] = res.history
-        if polish_steps > 0:
+        if solver.polish_steps > 0:
             # Levenberg–Marquardt on the residual vector: where L-BFGS stalls,
             # Gauss–Newton steps keep reducing the residual of a network this
             # small, and the policy's error with it.
-            params, static = eqx.partition(u1.value, eqx.is_inexact_array)
-            flat, unravel = ravel_pytree(params)
-
-            def residual_vector(p, _):
-                value = eqx.combine(unravel(p), static)
-                return hjb_vector(eqx.tree_at(lambda u: u.value, u0, value))[0]
-
-            before = float(jnp.sum(residual_vector(flat, None) ** 2))
+            flat = ravel_pytree(eqx.filter(u1.value, eqx.is_inexact_array))[0]
+            before = float(sum_of_squares(flat, arrays(u0)))
             sol = optx.least_squares(
                 residual_vector,
-                optx.LevenbergMarquardt(rtol=1e-13, atol=1e-13, linear_solver=lx.QR()),
+                polisher,
                 flat,
-                max_steps=polish_steps,
+                args=arrays(u0),
+                max_steps=solver.polish_steps,
                 throw=False,
             )
-            after = float(jnp.sum(residual_vector(sol.value, None) ** 2))
+            after = float(sum_of_squares(sol.value, arrays(u0)))
             if after < before:
-                value = eqx.combine(unravel(sol.value), static)
+                value = eqx.combine(unravel(sol.value), value_static)
                 u1 = eqx.tree_at(lambda u: u.value, u1, value)
             out[f"polish{tag}"] = {
                 "loss": np.asarray([before, after]),
                 "steps": np.asarray([int(sol.stats["num_steps"])]),
             }
-        u1 = eqx.tree_at(
-            lambda u: (u.top, u.edge_speed),
-            u1,
-            (_support_top(econ, u1), _edge_speed(econ, u1)),
-        )
+        u1 = eqx.tree_at(lambda u: (u.top, u.edge_speed), u1, support(u1))
         # The value network is fixed from here: what the distribution's loss
         # needs from it is computed once.
-        data = kfe_data(u1)
-
-        def loss_kfe(params, _):
-            u = eqx.tree_at(lambda u: u.cdf, u1, params)
-            return kfe_terms(u, data)
-
+        data = data_for(u1)
         res = fit(
             loss_kfe,
             u1.cdf,
-            sample,
+            lambda key, params: (arrays(u1), data),
             key=keys[1],
-            adam_steps=steps[0][1],
-            lbfgs_steps=steps[1][1],
-            learning_rate=learning_rate,
-            log_every=log_every,
+            adam_steps=adam_steps[1],
+            lbfgs_steps=lbfgs_steps[1],
+            learning_rate=solver.learning_rate,
+            log_every=solver.log_every,
             progress=stage_progress(f"kfe{tag}"),
         )
         u2 = eqx.tree_at(lambda u: u.cdf, u1, res.params)
         out[f"kfe{tag}"] = res.history
-        if steps[1][2] > 0:
+        if lbfgs_steps[2] > 0:
             # The support stays where the value stage put it.
-
-            def loss_both(params, _):
-                return loss_fixed_r(eqx.tree_at(lambda u: (u.value, u.cdf), u2, params))
-
             res = fit(
                 loss_both,
                 (u2.value, u2.cdf),
-                sample,
+                lambda key, params: arrays(u2),
                 key=keys[2],
                 adam_steps=0,
-                lbfgs_steps=steps[1][2],
-                log_every=log_every,
+                lbfgs_steps=lbfgs_steps[2],
+                log_every=solver.log_every,
                 progress=stage_progress(f"both{tag}"),
             )
             u2 = eqx.tree_at(lambda u: (u.value, u.cdf), u2, res.params)
             out[f"both{tag}"] = res.history
-        return u2, out
+        return u2, float(excess_supply(u2)), out
 
-    # Market clearing on the excess supply S(r), which increases in r, each S(r)
-    # from a fresh solve at that r: secant steps until the root is bracketed,
-    # then false position with the Illinois rule on the bracket (each solve's S
-    # has an error of order 1e-4 that varies with r, and the bracket keeps the
-    # iteration from following it out).
-    unk0 = unk
-    history: dict[str, dict[str, np.ndarray]] = {}
-    lo: list[float] | None = None  # [r, S(r)] with S < 0
-    hi: list[float] | None = None  # [r, S(r)] with S >= 0
-    kept = ""  # the side false position kept last
-    tried: list[tuple[float, float]] = []
-    best = None
-    r = float(r0)
-    for it in range(clearing_iterations):
-        unk_r, out = solve_at(r, f"_{it}")
-        history.update(out)
-        excess_r = float(_excess_supply(econ, unk_r, nodes, weights))
-        tried.append((r, excess_r))
-        if best is None or abs(excess_r) < abs(best[1]):
-            best = (unk_r, excess_r)
-        if progress is not None:
-            progress(
-                {
-                    "stage": "clearing",
-                    "iteration": it,
-                    "r": r,
-                    "excess_supply": excess_r,
-                }
-            )
-        if abs(excess_r) <= clearing_tol or it == clearing_iterations - 1:
-            break
-        if excess_r < 0:
-            if lo is None or r > lo[0]:
-                lo = [r, excess_r]
-            if kept == "hi" and hi is not None:
-                hi[1] /= 2
-            kept = "hi"
-        else:
-            if hi is None or r < hi[0]:
-                hi = [r, excess_r]
-            if kept == "lo" and lo is not None:
-                lo[1] /= 2
-            kept = "lo"
-        if lo is not None and hi is not None:
-            r = lo[0] - lo[1] * (hi[0] - lo[0]) / (hi[1] - lo[1])
-        elif len(tried) == 1:
-            r = r + initial_step if excess_r < 0 else r - initial_step
-        else:
-            (r_a, s_a), (r_b, s_b) = tried[-2], tried[-1]
-            step = -s_b * (r_b - r_a) / (s_b - s_a) if s_b != s_a else 0.0
-            # S increases in r: a step the wrong way (noise) becomes the
-            # initial step the right way.
-            if step * -s_b <= 0:
-                step = initial_step if s_b < 0 else -initial_step
-            r = min(r_b + step, (r_b + float(rho)) / 2)
-    assert best is not None  # clearing_iterations >= 1
-    unk = best[0]
+    clearing = _Clearing(solve_at, progress, dtype)
+    sol = optx.root_find(
+        _market(clearing, dtype, solver.slope_step, upper),
+        BracketedNewton(rtol=solver.rtol, atol=solver.atol),
+        jnp.asarray(r0, dtype),
+        options=dict(lower=lower, upper=upper),
+        max_steps=solver.max_steps,
+        throw=False,
+    )
+    r = float(sol.value)
+    error, solves, order, history = clearing.close()
+    if error is not None:
+        raise error
+    unk = solves[r][0]
     loss, terms = loss_fixed_r(unk)
     excess = _excess_supply(econ, unk, nodes, weights)
     out_terms = {"loss": float(loss), **{k: float(v) for k, v in terms.items()}}
@@ -962,16 +1093,20 @@ def solve_huggett_pinn(
         return _kfe_residual(econ, unk, a, s)
 
     out_terms["kfe_max"] = float(jnp.max(jnp.abs(jax.vmap(kfe_at)(fine))))
-    return HuggettPINNSolution(
+    solution = HuggettPINNSolution(
         r=_rate(econ, unk),
         mass=_masses(econ, unk),
-        shares=jnp.asarray(econ.shares, dtype),
+        shares=_shares(econ),
         excess_supply=excess,
         support_top=unk.top,
         terms=out_terms,
-        clearing=tuple(tried),
+        clearing=tuple(order),
+        steps=sol.stats["num_steps"],
+        result=as_results(sol.result),
         history=history,
         wall_time=time.perf_counter() - start,
-        economy=econ,
+        economy=economy,
         unknowns=unk,
     )
+    ends = (solves[lower][1], solves[upper][1])
+    return solution, ends

@@ -8,6 +8,7 @@ import jax.random as jr
 import numpy as np
 
 from ..pinn import HJB, QuasiRandomSampler, ValueNetwork
+from ._checks import check_int, check_numbers
 from ._hjb import AbstractClosedFormHJBModel, no_shape_violation
 
 
@@ -54,24 +55,34 @@ class LQR(AbstractClosedFormHJBModel):
     R: tuple | None = None
 
     def __check_init__(self):
-        if self.dim < 1 or self.rho <= 0 or self.noise < 0 or self.radius <= 0:
+        check_int("LQR", "dim", self.dim, 1, 20)
+        check_int("LQR", "seed", self.seed, 0, 0)
+        check_numbers("LQR", rho=self.rho, noise=self.noise, radius=self.radius)
+        if self.rho <= 0 or self.noise < 0 or self.radius <= 0:
             raise ValueError(
-                "Need dim >= 1, rho > 0, noise >= 0 and radius > 0; got "
-                f"{self.dim}, {self.rho}, {self.noise}, {self.radius}."
+                "LQR: need rho > 0, noise >= 0 and radius > 0; got "
+                f"{self.rho}, {self.noise}, {self.radius}. Pass e.g. `rho=0.05, "
+                "noise=0.0, radius=1.0`."
             )
         A, B, Q, R = self.matrices()
         d = self.dim
         if A.shape != (d, d) or B.shape[0] != d or Q.shape != (d, d):
             raise ValueError(
-                f"A must be {d}x{d}, B {d}xm and Q {d}x{d}; got {A.shape}, "
-                f"{B.shape}, {Q.shape}."
+                f"LQR: A must be {d}x{d}, B {d}xm and Q {d}x{d}; got {A.shape}, "
+                f"{B.shape}, {Q.shape}. Give matrices of dimension `dim`."
             )
         if R.shape != (B.shape[1], B.shape[1]) or np.any(
             np.linalg.eigvalsh(0.5 * (R + R.T)) <= 0
         ):
-            raise ValueError("R must be symmetric positive definite, m x m.")
+            raise ValueError(
+                "LQR: R must be symmetric positive definite, m x m (m the columns "
+                "of B). Pass e.g. the identity."
+            )
         if np.any(np.linalg.eigvalsh(0.5 * (Q + Q.T)) < 0):
-            raise ValueError("Q must be symmetric positive semi-definite.")
+            raise ValueError(
+                "LQR: Q must be symmetric positive semi-definite. Pass e.g. the "
+                "identity."
+            )
 
     def matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """$(A, B, Q, R)$ as NumPy arrays."""

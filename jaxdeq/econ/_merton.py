@@ -6,6 +6,7 @@ import jax.random as jr
 import numpy as np
 
 from ..pinn import HJB, ValueNetwork
+from ._checks import check_numbers
 from ._hjb import (
     _log_uniform_and_uniform,
     AbstractClosedFormHJBModel,
@@ -73,8 +74,9 @@ class Merton(AbstractClosedFormHJBModel):
         mu, vol = np.asarray(self.mu, float), np.asarray(self.volatility, float)
         if mu.ndim != 1 or mu.shape != vol.shape or np.any(vol <= 0):
             raise ValueError(
-                "mu and volatility need one entry per asset, with positive "
-                f"volatilities; got mu={self.mu}, volatility={self.volatility}."
+                "Merton: mu and volatility need one entry per asset, with positive "
+                f"volatilities; got mu={self.mu}, volatility={self.volatility}. "
+                "Pass e.g. `mu=(0.07,), volatility=(0.2,)`."
             )
         if self.correlation is not None:
             corr = np.asarray(self.correlation, float)
@@ -82,24 +84,47 @@ class Merton(AbstractClosedFormHJBModel):
                 np.linalg.eigvalsh(0.5 * (corr + corr.T)) <= 0
             ):
                 raise ValueError(
-                    "correlation must be a symmetric positive definite "
-                    f"{mu.size}x{mu.size} matrix."
+                    "Merton: correlation must be a symmetric positive definite "
+                    f"{mu.size}x{mu.size} matrix. Pass one with unit diagonal and "
+                    "off-diagonal entries in (-1, 1), or None for independence."
                 )
+        check_numbers(
+            "Merton",
+            gamma=self.gamma,
+            rho=self.rho,
+            r=self.r,
+            bequest=self.bequest,
+            w_min=self.w_min,
+            w_max=self.w_max,
+            train_factor=self.train_factor,
+        )
+        if self.horizon is not None:
+            check_numbers("Merton", horizon=self.horizon)
         if self.gamma <= 0 or self.gamma == 1 or self.rho <= 0:
             raise ValueError(
-                f"Need gamma > 0, gamma != 1 and rho > 0; got {self.gamma}, {self.rho}."
+                f"Merton: need gamma > 0, gamma != 1 and rho > 0; got {self.gamma}, "
+                f"{self.rho}. Pass e.g. `gamma=2.0, rho=0.05`."
             )
         if self.nu <= 0:
             raise ValueError(
-                f"nu = {self.nu:.4g} <= 0: the investor's problem has no solution "
-                "(the value is infinite); raise rho or lower the returns."
+                f"Merton: nu = {self.nu:.4g} <= 0: the investor's problem has no "
+                "solution (the value is infinite). Raise rho or lower the returns."
             )
         if self.horizon is not None and (self.horizon <= 0 or self.bequest <= 0):
-            raise ValueError("Need horizon > 0 and bequest > 0.")
+            raise ValueError(
+                f"Merton: need horizon > 0 and bequest > 0, got {self.horizon}, "
+                f"{self.bequest}. Pass e.g. `horizon=10.0, bequest=1.0`."
+            )
         if self.train_factor < 1:
-            raise ValueError(f"train_factor={self.train_factor} must be >= 1.")
+            raise ValueError(
+                f"Merton: `train_factor` must be >= 1, got {self.train_factor}. Pass "
+                "e.g. `train_factor=10.0`."
+            )
         if not 0 < self.w_min < self.w_max:
-            raise ValueError(f"Need 0 < w_min < w_max, got {self.w_min}, {self.w_max}.")
+            raise ValueError(
+                f"Merton: need 0 < w_min < w_max, got {self.w_min}, {self.w_max}. "
+                "Pass e.g. `w_min=0.1, w_max=4.0`."
+            )
 
     @property
     def train_max(self) -> float:

@@ -9,6 +9,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from ._checks import check_int
+
 
 # Tensor-product rules above this many nodes are refused: they would make every
 # expectation in a DEQN loss slower than the rest of the loss put together.
@@ -21,10 +23,7 @@ def _default_float() -> jnp.dtype:
 
 
 def _check_int(name: str, label: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: `{label}` must be an int, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name}: `{label}` must be at least {minimum}, got {value}.")
+    check_int(name, label, value, minimum, {"n": 7, "dim": 1}[label])
     return int(value)
 
 
@@ -58,7 +57,7 @@ class Quadrature(eqx.Module):
             raise ValueError(
                 "Quadrature: `nodes` and `weights` must have the same, non-zero "
                 f"number of rows, got {nodes.shape[0]} nodes and {weights.shape[0]} "
-                "weights."
+                "weights. Give one weight per node."
             )
 
     @property
@@ -178,7 +177,7 @@ def monomial_rule(dim: int, kind: int = 2) -> Quadrature:
     if isinstance(kind, bool) or kind not in (1, 2):
         raise ValueError(
             f"monomial_rule: `kind` must be 1 (M1, 2d nodes) or 2 (M2, 2d^2 + 1 "
-            f"nodes), got {kind!r}."
+            f"nodes), got {kind!r}. Pass e.g. `kind=2`."
         )
     eye = np.eye(d)
     if kind == 1:

@@ -257,7 +257,7 @@ class ConvergentGraphSolver(eqx.Module):
 
     def bias(self, graph: Graph) -> Float[Array, "n hidden"]:
         """The injection $B$ (zero at padding nodes)."""
-        b = jax.vmap(self.bias_encoder)(graph.nodes)
+        b = jax.vmap(self.bias_encoder)(jnp.asarray(graph.nodes))
         return jnp.where(graph.node_mask[:, None], b, 0)
 
     def _map(self, h, weights, b, graph):

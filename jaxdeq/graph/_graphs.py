@@ -25,12 +25,14 @@ class Graph(eqx.Module):
     - `node_mask`, `edge_mask`: which nodes and edges are real.
     """
 
-    nodes: Float[Array, "n f"]
-    senders: Int[Array, " e"]
-    receivers: Int[Array, " e"]
-    edges: Float[Array, "e fe"]
-    node_mask: Bool[Array, " n"]
-    edge_mask: Bool[Array, " e"]
+    # One graph, or a stack of graphs of the same padded size (leading `*batch`,
+    # as jaxdeq.data.graph_steady_states returns them), as JAX or NumPy arrays.
+    nodes: Float[Array | np.ndarray, "*batch n f"]
+    senders: Int[Array | np.ndarray, "*batch e"]
+    receivers: Int[Array | np.ndarray, "*batch e"]
+    edges: Float[Array | np.ndarray, "*batch e fe"]
+    node_mask: Bool[Array | np.ndarray, "*batch n"]
+    edge_mask: Bool[Array | np.ndarray, "*batch e"]
 
     @property
     def num_nodes(self) -> int:

@@ -867,14 +867,14 @@ class MonotoneMultiConv(AbstractMonotoneLinear):
         )
 
     def mv(
-        self, z: tuple[Float[Array, "c h w"], ...]
-    ) -> tuple[Float[Array, "c h w"], ...]:
+        self, z: tuple[Float[Array, "_c _h _w"], ...]
+    ) -> tuple[Float[Array, "_c _h _w"], ...]:
         r"""$W z$."""
         return self._apply_w(z, transpose=False)
 
     def transpose_mv(
-        self, z: tuple[Float[Array, "c h w"], ...]
-    ) -> tuple[Float[Array, "c h w"], ...]:
+        self, z: tuple[Float[Array, "_c _h _w"], ...]
+    ) -> tuple[Float[Array, "_c _h _w"], ...]:
         r"""$W^\top z = (1 - m) z - A^\top A z - B z + B^\top z$."""
         return self._apply_w(z, transpose=True)
 

@@ -3,6 +3,7 @@
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +111,100 @@ def _optax_promotion():
 def _tree_norm(tree) -> Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in leaves))
+
+
+# The compiled blocks of `fit`, per loss function: a caller that fits the same loss
+# function again (the Huggett PINN does, at each interest rate, with what changes
+# passed in the points) reuses them instead of compiling them again. The loss
+# function is the key, held weakly, and the blocks hold it weakly too, so that
+# they go when it does.
+_BLOCKS: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+
+
+def _static_key(static: PyTree) -> tuple | None:
+    """What a block compiled for these fixed (non-trained) parts of the parameters
+    depends on, or None when they cannot be compared (an unhashable leaf)."""
+    leaves, treedef = jax.tree_util.tree_flatten(static)
+    key = (treedef, tuple(leaves))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _make_block(
+    get_loss: Callable[[], Callable | None], static: PyTree, phase: str, setting: Any
+) -> Callable:
+    """A compiled block of `phase` ("adam" with learning rate `setting`, or
+    "lbfgs" with memory `setting`): `num` optimiser steps (a traced trip count,
+    so blocks of any length share one compilation), then the loss, its terms and
+    the gradient norm at the block's end."""
+
+    def scalar_loss(trainable, points):
+        loss_fn = get_loss()
+        assert loss_fn is not None  # alive: fit holds it while it traces
+        return loss_fn(eqx.combine(trainable, static), points)
+
+    if phase == "adam":
+        adam = optax.adam(setting)
+
+        def step(trainable, opt_state, points):
+            grads = jax.grad(lambda t: scalar_loss(t, points)[0])(trainable)
+            with _optax_promotion():
+                updates, opt_state = adam.update(grads, opt_state, trainable)
+            return eqx.apply_updates(trainable, updates), opt_state
+
+    else:
+        lbfgs = optax.lbfgs(memory_size=setting)
+
+        def value(trainable, points):
+            return scalar_loss(trainable, points)[0]
+
+        value_and_grad = optax.value_and_grad_from_state(value)
+
+        def step(trainable, opt_state, points):
+            with _optax_promotion():
+                loss, grads = value_and_grad(trainable, points, state=opt_state)
+                updates, opt_state = lbfgs.update(
+                    grads,
+                    opt_state,
+                    trainable,
+                    value=loss,
+                    grad=grads,
+                    value_fn=lambda p: value(p, points),
+                )
+            return eqx.apply_updates(trainable, updates), opt_state
+
+    @eqx.filter_jit
+    def block(trainable, opt_state, points, num):
+        def body(_, carry):
+            return step(carry[0], carry[1], points)
+
+        trainable, opt_state = jax.lax.fori_loop(0, num, body, (trainable, opt_state))
+        (loss, terms), grads = jax.value_and_grad(scalar_loss, has_aux=True)(
+            trainable, points
+        )
+        return trainable, opt_state, (loss, _tree_norm(grads), terms)
+
+    return block
+
+
+def _block(loss_fn: Callable, static: PyTree, phase: str, setting: Any) -> Callable:
+    """The block for this loss, phase and setting: the one compiled before when
+    the same loss function was fitted with the same fixed parts and setting."""
+    key = (phase, setting, _static_key(static))
+    try:
+        hash(key)
+        cache = _BLOCKS.setdefault(loss_fn, {})
+        get_loss = weakref.ref(loss_fn)
+    except TypeError:  # a loss that cannot be weakly referenced: no reuse
+        return _make_block(lambda: loss_fn, static, phase, setting)
+    if key[2] is None:  # fixed parts that cannot be compared: no reuse
+        return _make_block(get_loss, static, phase, setting)
+    if key not in cache:
+        cache[key] = _make_block(get_loss, static, phase, setting)
+    return cache[key]
 
 
 def fit(
@@ -277,26 +372,6 @@ def fit(
     final = None
     reason = "max_steps"
 
-    def make_block(step):
-        """A compiled block: `num` optimiser steps (a traced trip count, so blocks
-        of any length share one compilation), then the loss, its terms and the
-        gradient norm at the block's end."""
-
-        @eqx.filter_jit
-        def block(trainable, opt_state, points, num):
-            def body(_, carry):
-                return step(*carry, points)
-
-            trainable, opt_state = jax.lax.fori_loop(
-                0, num, body, (trainable, opt_state)
-            )
-            (loss, terms), grads = jax.value_and_grad(scalar_loss, has_aux=True)(
-                trainable, points
-            )
-            return trainable, opt_state, (loss, _tree_norm(grads), terms)
-
-        return block
-
     def run_block(block, phase, trainable, opt_state, points, num):
         new_trainable, new_state, (loss, gnorm, terms) = block(
             trainable, opt_state, points, jnp.asarray(num)
@@ -307,17 +382,9 @@ def fit(
 
     # Phase 1: Adam.
     if adam_steps > 0:
-        adam = optax.adam(learning_rate)
         with _optax_promotion():
-            opt_state = adam.init(trainable)
-
-        def adam_step(trainable, opt_state, points):
-            grads = jax.grad(lambda t: scalar_loss(t, points)[0])(trainable)
-            with _optax_promotion():
-                updates, opt_state = adam.update(grads, opt_state, trainable)
-            return eqx.apply_updates(trainable, updates), opt_state
-
-        block = make_block(adam_step)
+            opt_state = optax.adam(learning_rate).init(trainable)
+        block = _block(loss_fn, static, "adam", learning_rate)
         while steps < adam_steps:
             num = min(log_every, adam_steps - steps)
             if resample_every is not None:
@@ -350,25 +417,7 @@ def fit(
                 lbfgs.init(trainable),
             )
 
-        def value(trainable, points):
-            return scalar_loss(trainable, points)[0]
-
-        value_and_grad = optax.value_and_grad_from_state(value)
-
-        def lbfgs_step(trainable, opt_state, points):
-            with _optax_promotion():
-                loss, grads = value_and_grad(trainable, points, state=opt_state)
-                updates, opt_state = lbfgs.update(
-                    grads,
-                    opt_state,
-                    trainable,
-                    value=loss,
-                    grad=grads,
-                    value_fn=lambda p: value(p, points),
-                )
-            return eqx.apply_updates(trainable, updates), opt_state
-
-        block = make_block(lbfgs_step)
+        block = _block(loss_fn, static, "lbfgs", lbfgs_memory)
         done = 0
         previous = np.inf
         while done < lbfgs_steps:

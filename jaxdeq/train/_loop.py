@@ -1,14 +1,14 @@
+"""The outer training loop: metrics, checkpoints, resume and signals."""
+
 import dataclasses
-import functools
 import importlib.metadata
 import json
-import math
 import pathlib
 import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -16,10 +16,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, PRNGKeyArray
 
-from .._solution import BackwardStats
 from ._checkpoint import (
     Checkpoints,
     IncompatibleCheckpoint,
@@ -27,193 +24,15 @@ from ._checkpoint import (
     unused_path,
     write_json_line,
 )
+from ._config import Recipe, TrainConfig
+from ._mesh import batch_indices, Layout
+from ._step import make_step
 
 
 # Consecutive non-finite steps after which the "skip" and "reduce" policies give up.
 _MAX_NONFINITE_IN_A_ROW = 10
 # What changes a run's trajectory: a resume must match these (or be forced).
 _TRAJECTORY = ("seed", "batch_size", "learning_rate", "accumulate", "precision")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """What every training run is configured by (a recipe adds its own options).
-
-    **Fields:**
-
-    - `steps`: optimiser steps in total (a resumed run continues up to this).
-    - `batch_size`: the global batch, split across devices (and processes).
-    - `learning_rate`: of the recipe's optimiser (Adam unless the recipe says).
-    - `seed`: initialisation, data order and per-step keys all derive from it.
-    - `devices`: how many devices to use (default: all).
-    - `model_parallel`: the size of the device mesh's second axis, `model`
-        (default 1: pure data parallelism). The batch is split along the first axis,
-        `data` (`devices / model_parallel` ways); parameter and optimiser-state
-        arrays with at least `shard_threshold` elements are split along `model`
-        (on their largest axis divisible by it), smaller ones replicated. XLA
-        inserts the gathers the computation needs.
-    - `shard_threshold`: the element count from which arrays are split along
-        `model`.
-    - `accumulate`: micro-batches per step (gradient accumulation).
-    - `precision`: `"float32"`, or `"bfloat16"` to compute in bfloat16 while the
-        parameters, optimiser state and solver bookkeeping stay in float32.
-    - `log_every`, `eval_every`: steps between metric lines and evaluations.
-    - `checkpoint_every`: steps between checkpoints (also on the last step and on
-        SIGTERM/SIGINT); `keep`: how many to keep. A state holding a NaN or an
-        infinity is never checkpointed, so the last finite checkpoint is never
-        pushed out.
-    - `run_dir`: where checkpoints, `metrics.jsonl`, the run record `run.jsonl`
-        and plots go.
-    - `resume`: continue from the newest intact checkpoint in `run_dir`, with its
-        PRNG key and data position. A resume whose training configuration differs
-        from the checkpoint's in anything that changes the trajectory (seed, batch
-        size, learning rate, accumulation, precision, devices and mesh, recipe
-        options, and the numerical environment: `jax_enable_x64`, the default
-        matmul precision, the backend and the JAX version) is refused, naming the
-        fields.
-    - `force`: resume anyway with the new configuration; the changes are logged
-        and recorded in `run_dir/run.jsonl`.
-    - `nonfinite`: what a step whose loss, gradient or update is not finite does
-        (it is detected inside the jitted step; the update is never applied):
-        `"stop"` (default) raises `FloatingPointError`, `"skip"` skips the update,
-        `"reduce"` skips it and multiplies the learning rate by `reduce_factor`
-        from then on. After 10 non-finite steps in a row, "skip" and "reduce" stop
-        too.
-    - `reduce_factor`: in (0, 1), see `nonfinite`.
-    - `progress`: draw a progress line on stderr.
-    - `tensorboard`: also write every logged metric as TensorBoard scalars to
-        `run_dir/tensorboard` (needs `tensorboardX`:
-        `pip install "jaxdeq[tensorboard]"`).
-    """
-
-    steps: int = 200
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-    devices: int | None = None
-    model_parallel: int = 1
-    shard_threshold: int = 2**16
-    accumulate: int = 1
-    precision: Literal["float32", "bfloat16"] = "float32"
-    log_every: int = 10
-    eval_every: int = 100
-    checkpoint_every: int = 50
-    keep: int = 3
-    run_dir: str = "runs/train"
-    resume: bool = False
-    progress: bool = True
-    tensorboard: bool = False
-    force: bool = False
-    nonfinite: Literal["stop", "skip", "reduce"] = "stop"
-    reduce_factor: float = 0.5
-
-    def __post_init__(self):
-        for name in (
-            "steps",
-            "batch_size",
-            "model_parallel",
-            "shard_threshold",
-            "accumulate",
-            "log_every",
-            "eval_every",
-            "checkpoint_every",
-            "keep",
-        ):
-            _set_int(self, name, 1)
-        _set_int(self, "seed", 0, 2**32 - 1)
-        if self.devices is not None:
-            _set_int(self, "devices", 1)
-        _set_float(self, "learning_rate", 0.0, math.inf)
-        _set_float(self, "reduce_factor", 0.0, 1.0)
-        for name, choices in (
-            ("precision", ("float32", "bfloat16")),
-            ("nonfinite", ("stop", "skip", "reduce")),
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"TrainConfig: `{name}` must be one of {choices}, got "
-                    f"{getattr(self, name)!r}."
-                )
-        for name in ("resume", "progress", "tensorboard", "force"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(
-                    f"TrainConfig: `{name}` must be True or False, got "
-                    f"{getattr(self, name)!r}."
-                )
-        if not isinstance(self.run_dir, (str, pathlib.PurePath)) or not str(
-            self.run_dir
-        ):
-            raise ValueError(
-                f"TrainConfig: `run_dir` must be a non-empty path, got "
-                f"{self.run_dir!r}."
-            )
-
-
-def _set_int(obj, name, low, high=None, owner=None):
-    """Require `low <= obj.name (<= high)` of an int (NumPy ints too), stored as int."""
-    value = getattr(obj, name)
-    owner = owner or type(obj).__name__
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{owner}: `{name}` must be an int, got {value!r}.")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{owner}: `{name}` must be {bound}, got {value!r}.")
-    object.__setattr__(obj, name, int(value))
-
-
-def _set_float(obj, name, low, high, owner=None, *, closed=False):
-    """Require a finite real `low < obj.name` (`low <=` if `closed`; `< high` when
-    `high` is finite), stored as float."""
-    value = getattr(obj, name)
-    owner = owner or type(obj).__name__
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"{owner}: `{name}` must be a number, got {value!r}.")
-    above = low <= value if closed else low < value
-    if not (math.isfinite(value) and above and (value < high or high == math.inf)):
-        bound = (">= " if closed else "> ") + f"{low}"
-        if high != math.inf:
-            bound = f"in {'[' if closed else '('}{low}, {high})"
-        raise ValueError(
-            f"{owner}: `{name}` must be a finite number {bound}, got {value!r}."
-        )
-    object.__setattr__(obj, name, float(value))
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """How to train one model family: model, data, loss, metrics.
-
-    **Fields:**
-
-    - `name`, `description`: shown by `jaxdeq train --help`.
-    - `options`: a frozen dataclass type of the recipe's own options (defaults
-        required); the command line gets one flag per field.
-    - `init(key, options) -> model`: an equinox Module.
-    - `data(options) -> (train, evaluation)`: dicts of NumPy arrays with a common
-        leading dimension, from data that ships with a package or is generated.
-    - `loss(model, batch, key) -> (loss, metrics)`: a scalar and a dict of scalars
-        (e.g. solver steps and residuals), for one global batch.
-    - `evaluate(model, batch) -> metrics`: on the evaluation data (optional).
-    - `optimiser(config) -> optax.GradientTransformation` (default: Adam).
-    - `backward_stats`: if `True`, `loss` takes a fourth argument, a
-        [`jaxdeq.BackwardStats`][] probe with one entry per example of the batch,
-        to pass on to the model's solves; the loop differentiates with respect to
-        it and logs the backward solves' mean steps (`backward_steps`), mean
-        relative residual (`backward_residual`, NaN where the backward mode does not
-        measure it) and failure fraction (`backward_failed`) every step.
-    """
-
-    name: str
-    description: str
-    options: type
-    init: Callable[[PRNGKeyArray, Any], eqx.Module]
-    data: Callable[[Any], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
-    loss: Callable[[eqx.Module, dict[str, Array], PRNGKeyArray], tuple[Array, dict]]
-    evaluate: Callable[[eqx.Module, dict[str, np.ndarray]], dict] | None = None
-    optimiser: Callable[[TrainConfig], optax.GradientTransformation] | None = None
-    backward_stats: bool = False
 
 
 @dataclasses.dataclass
@@ -239,51 +58,6 @@ class TrainResult:
     resumed_from: int | None
     signal: int | None = None
     skipped: int = 0
-
-
-def _check_config(config: TrainConfig, num_devices: int, num_examples: int):
-    # The fields themselves are checked by TrainConfig; here what they must fit.
-    if num_devices % config.model_parallel:
-        raise ValueError(
-            f"train: model_parallel={config.model_parallel} does not divide the "
-            f"{num_devices} device(s); use a divisor of {num_devices}."
-        )
-    data_parallel = num_devices // config.model_parallel
-    per_step = data_parallel * config.accumulate
-    if config.batch_size % per_step:
-        raise ValueError(
-            f"train: batch size {config.batch_size} does not divide across "
-            f"{data_parallel} data-parallel device group(s) x {config.accumulate} "
-            "accumulation step(s); "
-            f"use a multiple of {per_step}, e.g. --batch-size "
-            f"{per_step * max(1, config.batch_size // per_step)}."
-        )
-    if config.batch_size > num_examples:
-        raise ValueError(
-            f"train: batch size {config.batch_size} exceeds the {num_examples} "
-            "training examples."
-        )
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
-
-
-def _batch_indices(step: int, seed: int, num_examples: int, batch_size: int):
-    """The global batch of `step`: a fresh seeded permutation each epoch, so the data
-    position is a function of the step alone and a resumed run sees the same data."""
-    per_epoch = num_examples // batch_size
-    epoch, offset = divmod(step, per_epoch)
-    # One permutation per epoch, not per step: the batch loop stays light.
-    perm = _epoch_permutation(seed, epoch, num_examples)
-    return perm[offset * batch_size : (offset + 1) * batch_size]
-
-
-def _compute_dtype(tree, dtype):
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree
-    )
 
 
 class _Progress:
@@ -312,12 +86,66 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+class _Records:
+    """Where every logged record goes, under its own names: the history,
+    `metrics.jsonl` and TensorBoard (on the lead process), the progress line and
+    the caller's callback."""
+
+    def __init__(self, run_dir, config, lead, writer_class, callback):
+        self.history: list[dict] = []
+        self.path = run_dir / "metrics.jsonl" if lead else None
+        self.writer = None
+        if writer_class is not None and lead:
+            self.writer = writer_class(str(run_dir / "tensorboard"))
+        self.progress = _Progress(config.steps, config.progress)
+        self.callback = callback
+
+    def add(self, record: dict) -> None:
+        self.history.append(record)
+        if self.path is not None:
+            write_json_line(self.path, record)
+        if self.writer is not None:
+            for name, value in record.items():
+                if name not in ("step", "time"):
+                    self.writer.add_scalar(name, value, record["step"])
+        self.progress.update(record["step"], record)
+        if self.callback is not None:
+            self.callback(record)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Signals:
+    """SIGTERM and SIGINT stop the run at the next step instead of killing it."""
+
+    def __init__(self):
+        self.caught: int | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._catch)
+            except ValueError:  # not the main thread
+                pass
+
+    def _catch(self, signum, frame):
+        del frame
+        self.caught = signum
+
+    def close(self):
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+
+
 def train(
     recipe: Recipe,
     config: TrainConfig = TrainConfig(),
     options: Any = None,
     *,
     log: Callable[[str], None] = print,
+    callback: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `recipe` data-parallel over a device mesh, with checkpoints and metrics.
 
@@ -325,10 +153,11 @@ def train(
     devices (under `jax.distributed.initialize()`, over every process's devices,
     each process feeding its own slice of each batch); parameters and optimiser
     state are replicated, or, with `config.model_parallel > 1`, large arrays are
-    split along a second mesh axis, `model`. One jitted step computes the loss and
-    the gradient (averaged over the global batch, with `config.accumulate`
-    micro-batches) and applies the optimiser, unless the loss, the gradient or the
-    result is not finite (then `config.nonfinite` decides). The per-step key is
+    split along a second mesh axis, `model`. One jitted step
+    ([`jaxdeq.train.make_step`][]) computes the loss and the gradient (averaged
+    over the global batch, with `config.accumulate` micro-batches) and applies the
+    optimiser, unless the loss, the gradient or the result is not finite (then
+    `config.nonfinite` decides). The per-step key is
     `fold_in(key(seed), step)` and the data order a function of `(seed, step)`;
     a run resumed from a checkpoint restores the saved key and data position and
     reproduces an uninterrupted one exactly, or is refused when its training
@@ -345,6 +174,8 @@ def train(
     - `config`: a [`jaxdeq.train.TrainConfig`][].
     - `options`: an instance of `recipe.options` (default: its defaults).
     - `log`: where messages go.
+    - `callback`: called with every logged record (the dict written to
+        `metrics.jsonl`), on every process, e.g. to print a summary of its own.
 
     **Returns:**
 
@@ -368,130 +199,33 @@ def train(
             f"train: `options` must be a {recipe.options.__name__} for recipe "
             f"{recipe.name!r}, got {type(options).__name__}."
         )
-    summary_writer = None
-    if config.tensorboard:
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError as e:
-            raise ImportError(
-                "train: tensorboard=True (--tensorboard) writes event files with "
-                "tensorboardX, which is not installed; run "
-                '`pip install "jaxdeq[tensorboard]"` or leave TensorBoard off.'
-            ) from e
-    available = jax.devices()
-    num_devices = len(available) if config.devices is None else config.devices
-    if not 1 <= num_devices <= len(available):
-        raise ValueError(
-            f"train: {num_devices} devices requested, {len(available)} available "
-            f"({jax.default_backend()}). On a CPU, set "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} before "
-            "starting Python to get several host devices."
-        )
+    writer_class = _tensorboard(config)
+    layout = Layout(config)
     train_data, eval_data = recipe.data(options)
     num_examples = len(next(iter(train_data.values())))
-    _check_config(config, num_devices, num_examples)
-
-    devices = available[:num_devices] if jax.process_count() == 1 else available
-    model_parallel = config.model_parallel
-    mesh = Mesh(
-        np.array(devices).reshape(len(devices) // model_parallel, model_parallel),
-        ("data", "model"),
-    )
-    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def sharding_of(x):
-        """Split large arrays along `model` on their largest divisible axis."""
-        shape = np.shape(x)
-        if model_parallel == 1 or int(np.prod(shape)) < config.shard_threshold:
-            return replicated
-        axes = [i for i, n in enumerate(shape) if n % model_parallel == 0]
-        if not axes:
-            return replicated
-        axis = max(axes, key=lambda i: shape[i])
-        spec: list[str | None] = [None] * len(shape)
-        spec[axis] = "model"
-        return NamedSharding(mesh, PartitionSpec(*spec))
-
-    def shardings(tree):
-        return jax.tree.map(sharding_of, tree)
+    layout.check_batch(config, num_examples)
 
     base_key = jr.PRNGKey(config.seed)
-    # Initialisation gets its own stream; steps use fold_in(base_key, step >= 0).
+    # Initialisation gets its own stream; steps use fold_in(key, step >= 0).
     init_key, _ = jr.split(base_key)
     model = recipe.init(init_key, options)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
     optimiser = (
         optax.adam(config.learning_rate)
         if recipe.optimiser is None
         else recipe.optimiser(config)
     )
+    params, static = eqx.partition(model, eqx.is_inexact_array)
     opt_state = optimiser.init(params)
-    compute = jnp.bfloat16 if config.precision == "bfloat16" else None
-
-    def loss_fn(p, batch, key, *probe):
-        m = eqx.combine(p if compute is None else _compute_dtype(p, compute), static)
-        if compute is not None:
-            batch = _compute_dtype(batch, compute)
-        value, metrics = recipe.loss(m, batch, key, *probe)
-        return value.astype(jnp.float32), metrics
-
-    def grad_fn(p, batch, key):
-        if not recipe.backward_stats:
-            (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                p, batch, key
-            )
-            return grads, value, metrics
-        # The backward solves' statistics arrive as the gradient of a zero probe.
-        probe = BackwardStats.probe((jax.tree.leaves(batch)[0].shape[0],))
-        (value, metrics), (grads, stats) = jax.value_and_grad(
-            lambda p, probe: loss_fn(p, batch, key, probe), argnums=(0, 1), has_aux=True
-        )(p, probe)
-        metrics = dict(metrics)
-        metrics["backward_steps"] = jnp.mean(stats.num_steps)
-        metrics["backward_residual"] = jnp.nanmean(stats.rel_residual)
-        metrics["backward_failed"] = 1.0 - jnp.mean(stats.success)
-        return grads, value, metrics
-
-    @jax.jit
-    def step_fn(p, s, lr_scale, batch, key):
-        if config.accumulate == 1:
-            grads, value, metrics = grad_fn(p, batch, key)
-        else:
-            micro = jax.tree.map(
-                lambda x: x.reshape((config.accumulate, -1) + x.shape[1:]), batch
-            )
-
-            def body(carry, inputs):
-                i, mb = inputs
-                out = grad_fn(p, mb, jr.fold_in(key, i))
-                return jax.tree.map(jnp.add, carry, out), None
-
-            shapes = jax.eval_shape(
-                grad_fn, p, jax.tree.map(lambda x: x[0], micro), key
-            )
-            zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-            (grads, value, metrics), _ = jax.lax.scan(
-                body, zeros, (jnp.arange(config.accumulate), micro)
-            )
-        scale = 1.0 / config.accumulate
-        grads = jax.tree.map(lambda g: g * scale, grads)
-        updates, new_s = optimiser.update(grads, s, p)
-        updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
-        new_p = eqx.apply_updates(p, updates)
-        # Checked here, in the step: a non-finite loss, gradient or result is never
-        # applied, whatever the policy; the host decides what happens next.
-        finite = _all_finite((value, grads, new_p, new_s))
-        p = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_p, p)
-        s = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_s, s)
-        if config.nonfinite == "reduce":
-            lr_scale = jnp.where(finite, lr_scale, lr_scale * config.reduce_factor)
-        p = jax.lax.with_sharding_constraint(p, shardings(p))
-        s = jax.lax.with_sharding_constraint(s, shardings(s))
-        metrics = jax.tree.map(lambda m: m * scale, metrics)
-        metrics["loss"] = value * scale
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return p, s, lr_scale, finite, metrics
+    reduce = config.reduce_factor if config.nonfinite == "reduce" else None
+    step_fn = layout.sharded(
+        make_step(
+            recipe,
+            optimiser,
+            config.precision,
+            accumulate=config.accumulate,
+            reduce_factor=reduce,
+        )
+    )
 
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -500,13 +234,134 @@ def train(
         "jaxdeq_version": __version__,
         "structure": str(jax.tree.structure((params, opt_state))),
     }
-    trajectory = _trajectory(config, options, len(devices))
+    trajectory = _trajectory(config, options, layout.num_devices)
     checkpoints = Checkpoints(run_dir / "checkpoints", config.keep, identity)
-    metrics_path = run_dir / "metrics.jsonl"
+    fresh = {
+        "params": params,
+        "opt_state": opt_state,
+        "key": np.asarray(base_key),
+        "data_position": np.zeros((), np.int64),
+        "lr_scale": np.ones((), np.float32),
+    }
+    resumed_from, state, changes = _restore(config, checkpoints, fresh, trajectory, log)
     lead = jax.process_index() == 0
-    start_step, resumed_from, changes = 0, None, {}
-    data_offset = 0
-    lr_scale = np.ones((), np.float32)
+    if lead:
+        _start_records(run_dir, resumed_from, trajectory, changes, log)
+    start = resumed_from or 0
+    key = jnp.asarray(state["key"], base_key.dtype)
+    data_offset = int(state["data_position"]) - start
+    # Everything the step takes, placed as the step returns it: one compilation.
+    lr_scale = layout.place(jnp.asarray(state["lr_scale"], jnp.float32))
+    model = layout.place(eqx.combine(state["params"], static))
+    opt_state = layout.place(state["opt_state"])
+
+    def save(step):
+        written = checkpoints.save(
+            step,
+            {
+                "params": eqx.filter(model, eqx.is_inexact_array),
+                "opt_state": opt_state,
+                "key": np.asarray(key),
+                "data_position": np.asarray(step + data_offset, np.int64),
+                "lr_scale": np.asarray(lr_scale, np.float32),
+            },
+            {"data_position": step + data_offset, "config": trajectory},
+        )
+        if not written:
+            log(f"step {step}: the state is not finite; no checkpoint written.")
+        return step
+
+    records = _Records(run_dir, config, lead, writer_class, callback)
+    evaluate = None if recipe.evaluate is None else eqx.filter_jit(recipe.evaluate)
+    signals = _Signals()
+    step, saved, skipped, in_a_row = start, resumed_from, 0, 0
+    try:
+        while step < config.steps and signals.caught is None:
+            indices = batch_indices(
+                step + data_offset, config.seed, num_examples, config.batch_size
+            )
+            model, opt_state, lr_scale, finite, metrics = step_fn(
+                model,
+                opt_state,
+                lr_scale,
+                layout.batch(train_data, indices),
+                jr.fold_in(key, step),
+            )
+            step += 1
+            failure = None
+            if bool(finite):
+                in_a_row = 0
+            else:
+                skipped, in_a_row = skipped + 1, in_a_row + 1
+                failure = _nonfinite(
+                    config, step, metrics, in_a_row, lr_scale, checkpoints, log
+                )
+            last = step == config.steps
+            if step % config.log_every == 0 or last or failure is not None:
+                record = {"step": step, "time": time.time()}
+                record.update({k: float(v) for k, v in metrics.items()})
+                if config.nonfinite != "stop":
+                    record["skipped"] = float(skipped)
+                if config.nonfinite == "reduce":
+                    record["lr_scale"] = float(lr_scale)
+                if evaluate is not None and (step % config.eval_every == 0 or last):
+                    scores = evaluate(model, eval_data)
+                    record.update({f"eval_{k}": float(v) for k, v in scores.items()})
+                records.add(record)
+            if failure is not None:
+                raise FloatingPointError(failure)
+            if (step % config.checkpoint_every == 0 or last) and saved != step:
+                saved = save(step)
+        interrupted = signals.caught is not None and step < config.steps
+        if interrupted:
+            if saved != step:
+                saved = save(step)
+            log(
+                f"\nstopped by signal {signals.caught} at step {step}; checkpoint "
+                "saved."
+            )
+    finally:
+        records.close()
+        checkpoints.close()
+        signals.close()
+    return TrainResult(
+        model=model,
+        step=step,
+        history=records.history,
+        interrupted=interrupted,
+        resumed_from=resumed_from,
+        signal=signals.caught if interrupted else None,
+        skipped=skipped,
+    )
+
+
+def _tensorboard(config: TrainConfig):
+    """tensorboardX's `SummaryWriter` when `config.tensorboard`, else `None`."""
+    if not config.tensorboard:
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as e:
+        raise ImportError(
+            "train: tensorboard=True (--tensorboard) writes event files with "
+            "tensorboardX, which is not installed; run "
+            '`pip install "jaxdeq[tensorboard]"` or leave TensorBoard off.'
+        ) from e
+    return SummaryWriter
+
+
+def _restore(config, checkpoints, fresh, trajectory, log):
+    """`(resumed_from, state, changes)`: the newest intact checkpoint's state when
+    resuming (refused if its configuration differs, unless forced), else `fresh`."""
+    changes = {}
+    if not config.resume:
+        if checkpoints.steps():
+            raise ValueError(
+                f"train: {checkpoints.directory} already holds checkpoints "
+                f"(steps {checkpoints.steps()}); pass --resume to continue that "
+                "run, or another --run-dir."
+            )
+        return None, fresh, changes
 
     def check(record):
         changes.clear()
@@ -521,226 +376,80 @@ def train(
                 "continue with the new values."
             )
 
-    if config.resume:
-        found = checkpoints.restore(
-            {
-                "params": params,
-                "opt_state": opt_state,
-                "key": np.asarray(base_key),
-                "data_position": np.zeros((), np.int64),
-                "lr_scale": lr_scale,
-            },
-            log,
-            check,
-        )
-        if found is None:
-            changes.clear()
+    found = checkpoints.restore(fresh, log, check)
+    if found is None:
+        log(f"no intact checkpoint in {checkpoints.directory}; starting from step 0.")
+        return None, fresh, {}
+    step, state, _ = found
+    # The saved key and data position, not ones derived afresh (a forced change of
+    # seed is the one exception: it asks for a new stream).
+    if "seed" in changes:
+        state = {**state, "key": fresh["key"]}
+    log(f"resumed from step {step} ({checkpoints.directory}).")
+    if changes:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _listed(changes))
+        log(f"forced resume with a changed configuration: {listed}.")
+    return step, state, changes
+
+
+def _start_records(run_dir, resumed_from, trajectory, changes, log):
+    """Set `metrics.jsonl` up for a run from `resumed_from` (lines after it moved
+    aside) or from scratch (an old file moved aside), and record the start."""
+    metrics_path = run_dir / "metrics.jsonl"
+    if resumed_from is not None:
+        moved = truncate_metrics(metrics_path, resumed_from)
+        if moved:
             log(
-                f"no intact checkpoint in {checkpoints.directory}; starting from "
-                "step 0."
+                f"{moved} metric line(s) after step {resumed_from} are re-run; "
+                f"moved them to {metrics_path.stem}.superseded.jsonl."
             )
-        else:
-            start_step, state, _ = found
-            params, opt_state = state["params"], state["opt_state"]
-            lr_scale = np.asarray(state["lr_scale"], np.float32)
-            # The saved key and data position, not ones derived afresh (a forced
-            # change of seed is the one exception: it asks for a new stream).
-            if "seed" not in changes:
-                base_key = jnp.asarray(state["key"], base_key.dtype)
-            data_offset = int(state["data_position"]) - start_step
-            resumed_from = start_step
-            log(f"resumed from step {start_step} ({checkpoints.directory}).")
-            if changes:
-                listed = ", ".join(
-                    f"{k}: {a!r} -> {b!r}" for k, a, b in _listed(changes)
-                )
-                log(f"forced resume with a changed configuration: {listed}.")
-    elif checkpoints.steps():
-        raise ValueError(
-            f"train: {checkpoints.directory} already holds checkpoints "
-            f"(steps {checkpoints.steps()}); pass --resume to continue that run, or "
-            "another --run-dir."
+    elif metrics_path.exists():
+        # Never deleted: a run that starts over keeps the old metrics aside.
+        aside = unused_path(run_dir / "metrics.previous.jsonl")
+        metrics_path.rename(aside)
+        log(f"starting from step 0; the previous metrics are kept in {aside}.")
+    event = {
+        "event": "start" if resumed_from is None else "resume",
+        "step": resumed_from or 0,
+        "time": time.time(),
+        "config": trajectory,
+    }
+    if changes:
+        event["forced_changes"] = {k: [a, b] for k, a, b in _listed(changes)}
+    write_json_line(run_dir / "run.jsonl", event)
+
+
+def _nonfinite(
+    config, step, metrics, in_a_row, lr_scale, checkpoints, log
+) -> str | None:
+    """What a non-finite step means: the failure message when the run must stop,
+    else `None` (the first of a series is logged)."""
+    what = ", ".join(f"{k} {float(metrics[k]):.4g}" for k in ("loss", "grad_norm"))
+    if config.nonfinite == "stop" or in_a_row >= _MAX_NONFINITE_IN_A_ROW:
+        newest = checkpoints.steps()
+        return (
+            f"train: step {step} is not finite ({what}); its update was not applied "
+            "and no non-finite state is checkpointed (the last checkpoint, "
+            + (f"step {newest[0]}" if newest else "none yet")
+            + f", is intact in {checkpoints.directory}). "
+            + (
+                "Lower --learning-rate, or choose --nonfinite skip or reduce; then "
+                "--resume."
+                if config.nonfinite == "stop"
+                else f"{in_a_row} non-finite steps in a row. Lower --learning-rate "
+                "and --resume (with --force)."
+            )
         )
-    if lead:
-        if resumed_from is not None:
-            moved = truncate_metrics(metrics_path, start_step)
-            if moved:
-                log(
-                    f"{moved} metric line(s) after step {start_step} are re-run; "
-                    f"moved them to {metrics_path.stem}.superseded.jsonl."
-                )
-        elif metrics_path.exists():
-            # Never deleted: a run that starts over keeps the old metrics aside.
-            aside = unused_path(run_dir / "metrics.previous.jsonl")
-            metrics_path.rename(aside)
-            log(f"starting from step 0; the previous metrics are kept in {aside}.")
-        event = {
-            "event": "start" if resumed_from is None else "resume",
-            "step": start_step,
-            "time": time.time(),
-            "config": trajectory,
-        }
-        if changes:
-            event["forced_changes"] = {k: [a, b] for k, a, b in _listed(changes)}
-        write_json_line(run_dir / "run.jsonl", event)
-
-    params = jax.device_put(params, shardings(params))
-    opt_state = jax.device_put(opt_state, shardings(opt_state))
-
-    stop = {"signal": None}
-    previous = {}
-
-    def handler(signum, frame):
-        del frame
-        stop["signal"] = signum
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread
-            pass
-
-    saved = {"step": start_step if resumed_from is not None else None}
-
-    def save(step):
-        if saved["step"] == step:
-            return
-        saved["step"] = step
-        written = checkpoints.save(
-            step,
-            {
-                "params": params,
-                "opt_state": opt_state,
-                "key": np.asarray(base_key),
-                "data_position": np.asarray(step + data_offset, np.int64),
-                "lr_scale": np.asarray(lr_scale, np.float32),
-            },
-            {"data_position": step + data_offset, "config": trajectory},
+    if in_a_row == 1:
+        log(
+            f"step {step} is not finite ({what}); update skipped"
+            + (
+                f", learning rate x {float(lr_scale):.3g}."
+                if config.nonfinite == "reduce"
+                else "."
+            )
         )
-        if not written:
-            log(f"step {step}: the state is not finite; no checkpoint written.")
-
-    def global_batch(step):
-        idx = _batch_indices(
-            step + data_offset, config.seed, num_examples, config.batch_size
-        )
-        local = np.array_split(idx, jax.process_count())[jax.process_index()]
-        return {
-            k: jax.make_array_from_process_local_data(
-                data_sharding, np.asarray(v[local])
-            )
-            for k, v in train_data.items()
-        }
-
-    history, progress = [], _Progress(config.steps, config.progress)
-    if config.tensorboard and jax.process_index() == 0:
-        # Imported above whenever `config.tensorboard` is set.
-        summary_writer = SummaryWriter(str(run_dir / "tensorboard"))  # pyright: ignore[reportPossiblyUnboundVariable]
-    evaluate = None if recipe.evaluate is None else eqx.filter_jit(recipe.evaluate)
-    step, skipped, in_a_row = start_step, 0, 0
-    lr_scale = jnp.asarray(lr_scale)
-    try:
-        while step < config.steps and stop["signal"] is None:
-            key = jr.fold_in(base_key, step)
-            params, opt_state, lr_scale, finite, metrics = step_fn(
-                params, opt_state, lr_scale, global_batch(step), key
-            )
-            step += 1
-            failure = None
-            if bool(finite):
-                in_a_row = 0
-            else:
-                skipped, in_a_row = skipped + 1, in_a_row + 1
-                what = ", ".join(
-                    f"{k} {float(metrics[k]):.4g}" for k in ("loss", "grad_norm")
-                )
-                if config.nonfinite == "stop" or in_a_row >= _MAX_NONFINITE_IN_A_ROW:
-                    last = checkpoints.steps()
-                    failure = (
-                        f"train: step {step} is not finite ({what}); its update was "
-                        "not applied and no non-finite state is checkpointed (the "
-                        "last checkpoint, "
-                        + (f"step {last[0]}" if last else "none yet")
-                        + f", is intact in {checkpoints.directory}). "
-                        + (
-                            f"{in_a_row} non-finite steps in a row. "
-                            if config.nonfinite != "stop"
-                            else ""
-                        )
-                        + (
-                            "Lower --learning-rate, or choose --nonfinite skip or "
-                            "reduce; then --resume."
-                            if config.nonfinite == "stop"
-                            else "Lower --learning-rate and --resume (with --force)."
-                        )
-                    )
-                elif in_a_row == 1:
-                    log(
-                        f"step {step} is not finite ({what}); update skipped"
-                        + (
-                            f", learning rate x {float(lr_scale):.3g}."
-                            if config.nonfinite == "reduce"
-                            else "."
-                        )
-                    )
-            if (
-                step % config.log_every == 0
-                or step == config.steps
-                or failure is not None
-            ):
-                record = {"step": step, "time": time.time()}
-                record.update({k: float(v) for k, v in metrics.items()})
-                if config.nonfinite != "stop":
-                    record["skipped"] = float(skipped)
-                if config.nonfinite == "reduce":
-                    record["lr_scale"] = float(lr_scale)
-                if evaluate is not None and (
-                    step % config.eval_every == 0 or step == config.steps
-                ):
-                    eval_metrics = evaluate(eqx.combine(params, static), eval_data)
-                    record.update(
-                        {f"eval_{k}": float(v) for k, v in eval_metrics.items()}
-                    )
-                history.append(record)
-                if lead:
-                    write_json_line(metrics_path, record)
-                if summary_writer is not None:
-                    for name, value in record.items():
-                        if name not in ("step", "time"):
-                            summary_writer.add_scalar(name, value, step)
-                progress.update(step, record)
-            if failure is not None:
-                raise FloatingPointError(failure)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save(step)
-        interrupted = stop["signal"] is not None and step < config.steps
-        if interrupted:
-            save(step)
-            log(
-                f"\nstopped by signal {stop['signal']} at step {step}; checkpoint "
-                "saved."
-            )
-    finally:
-        progress.close()
-        if summary_writer is not None:
-            summary_writer.close()
-        checkpoints.close()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    return TrainResult(
-        model=eqx.combine(params, static),
-        step=step,
-        history=history,
-        interrupted=interrupted,
-        resumed_from=resumed_from,
-        signal=stop["signal"] if interrupted else None,
-        skipped=skipped,
-    )
-
-
-def _all_finite(tree) -> Array:
-    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return None
 
 
 def _trajectory(config: TrainConfig, options, num_devices: int) -> dict:

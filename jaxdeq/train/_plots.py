@@ -1,6 +1,7 @@
 import json
 import pathlib
 
+from .._optional import require
 from ._checkpoint import from_strict_record
 
 
@@ -26,8 +27,11 @@ def load_history(run_dir) -> list[dict]:
 
 
 def plot_history(history: list[dict], path) -> pathlib.Path:
-    """Loss, accuracy, solver steps and residuals (forward and backward) over
-    training, as one PNG.
+    """Loss, accuracy, solver steps and residuals (forward, backward and on the
+    evaluation data) over training, as one PNG, each panel titled and each curve
+    labelled by its metric's name: the solve report's `num_steps` and
+    `rel_residual`, `backward_num_steps` and `backward_rel_residual`, and their
+    `eval_` counterparts.
 
     **Arguments:**
 
@@ -39,7 +43,7 @@ def plot_history(history: list[dict], path) -> pathlib.Path:
 
     The path written.
     """
-    import matplotlib
+    matplotlib = require("matplotlib", "plot_history")
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -47,8 +51,16 @@ def plot_history(history: list[dict], path) -> pathlib.Path:
     panels = [
         ("loss", ("loss",), "log"),
         ("accuracy", ("accuracy", "eval_accuracy"), "linear"),
-        ("solver steps", ("solver_steps", "eval_solver_steps"), "linear"),
-        ("relative residual", ("residual", "backward_residual"), "log"),
+        (
+            "num_steps",
+            ("num_steps", "backward_num_steps", "eval_num_steps"),
+            "linear",
+        ),
+        (
+            "rel_residual",
+            ("rel_residual", "backward_rel_residual", "eval_rel_residual"),
+            "log",
+        ),
     ]
     panels = [p for p in panels if any(k in r for r in history for k in p[1])]
     fig, axes = plt.subplots(
