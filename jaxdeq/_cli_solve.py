@@ -600,6 +600,19 @@ def _output_dir(args: argparse.Namespace) -> pathlib.Path | None:
     return pathlib.Path(args.out or f"jaxdeq-solve-{args.model}")
 
 
+def _write_plots(args, status: "_Status", results: "_Results", plot) -> None:
+    """`plot(outdir)` unless `--no-plots`; the paths go to the output and to
+    result.json."""
+    outdir = _output_dir(args)
+    if outdir is None or args.no_plots:
+        return
+    with status.phase("plots", "drawing the plots"):
+        paths = plot(outdir)
+    results.put("plots", [str(p) for p in paths])
+    for path in paths:
+        results.say(f"wrote {path}")
+
+
 def _economy_parameters(economy) -> dict[str, Any]:
     return {
         f.name: getattr(economy, f.name)
@@ -772,13 +785,7 @@ def _run_equilibrium(args, status: _Status, results: _Results) -> int:
     elif warn:
         say("warning: r*'s discretisation error could not be estimated.")
 
-    outdir = _output_dir(args)
-    if outdir is not None and not args.no_plots:
-        with status.phase("plots", "drawing the plots"):
-            paths = _plot_equilibrium(economy, eq, outdir)
-        results.put("plots", [str(p) for p in paths])
-        for path in paths:
-            say(f"wrote {path}")
+    _write_plots(args, status, results, lambda out: _plot_equilibrium(economy, eq, out))
     return 0 if passed else 1
 
 
@@ -902,13 +909,7 @@ def _run_hjb(args, status: _Status, results: _Results) -> int:
         else:
             say(f"{name:>12}: relative L2 error {err:.2e} against the closed form")
     results.put("check.passed", ok)
-    outdir = _output_dir(args)
-    if outdir is not None and not args.no_plots:
-        with status.phase("plots", "drawing the plots"):
-            paths = _plot_hjb(sol, outdir)
-        results.put("plots", [str(p) for p in paths])
-        for path in paths:
-            say(f"wrote {path}")
+    _write_plots(args, status, results, lambda out: _plot_hjb(sol, out))
     return 0
 
 
@@ -920,16 +921,7 @@ def _run_brock_mirman(args, status: _Status, results: _Results) -> int:
     with status.phase("training", "training the Deep Equilibrium Net"):
         sol = _solve_brock_mirman(model, solver, args.seed, status.training)
     euler = sol.euler
-    results.put(
-        "euler_errors",
-        {
-            "num": euler.num,
-            "mean": euler.mean,
-            "max": euler.max,
-            "log10_mean": euler.log10_mean,
-            "log10_max": euler.log10_max,
-        },
-    )
+    results.put("euler_errors", euler.to_dict())
     results.put("targets", {"log10_mean": -5, "log10_max": -4})
     say(
         f"Euler errors on {euler.num} fresh simulated states: mean log10 "
@@ -942,13 +934,7 @@ def _run_brock_mirman(args, status: _Status, results: _Results) -> int:
         "next-period capital against the closed form: relative L2 "
         f"{errors['rel_l2']:.2e}, max relative {errors['max_rel']:.2e}"
     )
-    outdir = _output_dir(args)
-    if outdir is not None and not args.no_plots:
-        with status.phase("plots", "drawing the plots"):
-            paths = _plot_brock_mirman(sol, outdir)
-        results.put("plots", [str(p) for p in paths])
-        for path in paths:
-            say(f"wrote {path}")
+    _write_plots(args, status, results, lambda out: _plot_brock_mirman(sol, out))
     return 0
 
 

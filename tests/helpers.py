@@ -19,6 +19,7 @@ import pytest
 from jaxtyping import Array
 
 import jaxdeq
+import jaxdeq.train
 
 
 TOL = 1e-10
@@ -329,8 +330,26 @@ def _attractor_make(key, dtype, *, tol, max_steps, throw):
     )
 
 
+def _classifier_make(key, dtype, *, tol, max_steps, throw):
+    # jaxdeq.train.Classifier around the DEQ case: its report is the layer's.
+    k1, k2 = jr.split(key)
+    return jaxdeq.train.Classifier(
+        eqx.nn.Identity(),
+        _deq_make(k1, dtype, tol=tol, max_steps=max_steps, throw=throw),
+        eqx.nn.Linear(6, 2, key=k2, dtype=dtype),
+    )
+
+
 layers = (
     LayerCase("DEQ", _deq_make, _vector_inputs(3), _zero_half(3)),
+    # bfloat16 is the recipe's business (it loosens the layer's tolerances).
+    LayerCase(
+        "Classifier",
+        _classifier_make,
+        _vector_inputs(3),
+        _zero_half(3),
+        dtypes=(jnp.float32,),
+    ),
     LayerCase("MonDEQ", _mondeq_make, _vector_inputs(3), _zero_half(3)),
     LayerCase("MonotoneDBM", _dbm_make, _dbm_inputs, _dbm_failing),
     LayerCase("AttractorRefiner", _attractor_make, _vector_inputs(3), _zero_half(3)),
