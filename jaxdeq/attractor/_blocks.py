@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from .._misc import check_positive_int
@@ -50,7 +51,7 @@ class AttentionBlock(eqx.Module):
         mask: Bool[ArrayLike, "length length"] | None = None,
         *,
         mlp_ratio: int = 2,
-        dtype: jnp.dtype | None = None,
+        dtype: DTypeLike | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**

@@ -62,7 +62,7 @@ class AttractorRefiner(eqx.Module):
 
     with the proposal injected at every step (`injection="persistent"`); the output
     is the decoded fixed point $y^* = F(y^*; c)$, solved from
-    $\operatorname{stop\_gradient}(c)$ by any jaxdeq or optimistix solver (Anderson by
+    $\mathrm{stop\_gradient}(c)$ by any jaxdeq or optimistix solver (Anderson by
     default) with at least `min_steps` and at most `max_steps` steps. Called on one
     sample; `vmap` it over a batch, so every sample stops on its own.
 
@@ -328,8 +328,8 @@ AttractorRefiner.__init__.__doc__ = r"""**Arguments:**
 
 def evaluate_budgets(
     model: AttractorRefiner,
-    inputs: PyTree[Array],
-    targets: PyTree[Array],
+    inputs: PyTree[Array | np.ndarray],
+    targets: PyTree[Array | np.ndarray],
     metrics: Callable[[Any, Any], dict[str, Array]],
     budgets: Sequence[int | None] = (0, 1, None),
     *,

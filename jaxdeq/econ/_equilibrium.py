@@ -676,8 +676,8 @@ def grid_error(
     solution: EquilibriumSolution | None = None,
     solver: FiniteDifference = FiniteDifference(),
     *,
-    r0: float | None = None,
-    bracket: tuple[float, float] | None = None,
+    r0: float | Array | None = None,
+    bracket: tuple[float | Array, float | Array] | None = None,
 ) -> Scalar:
     r"""An estimate of the discretisation error of the equilibrium rate $r^*$ on the
     economy's wealth grid, by grid refinement.

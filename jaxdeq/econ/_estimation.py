@@ -11,7 +11,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, Int, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Scalar
 
 from .._solution import RESULTS
 from ._checks import check_int
@@ -117,7 +117,7 @@ def _moments_and_jacobian(
 def estimate(
     economy: AbstractEconomy,
     where: Callable[[AbstractEconomy], Any],
-    initial: PyTree[Array],
+    initial: PyTree[ArrayLike],
     moments: Callable[[EquilibriumSolution], Float[Array, " M"]],
     targets: Float[Array, " M"],
     *,

@@ -10,15 +10,16 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Scalar
 
 from .._solution import RESULTS
 from ..pinn import accuracy_report, fit, FitResult, HJB
 from ._checks import check_int, check_real
 
 
-def crra(c: Array, gamma: float | Array) -> Array:
+def crra(c: ArrayLike, gamma: float | Array) -> Array:
     r"""CRRA utility $u(c) = c^{1-\gamma}/(1-\gamma)$, and $\log c$ at $\gamma = 1$."""
+    c = jnp.asarray(c)
     if isinstance(gamma, (int, float)):
         if gamma == 1:
             return jnp.log(c)

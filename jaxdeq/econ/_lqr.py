@@ -126,7 +126,7 @@ class LQR(AbstractClosedFormHJBModel):
             width=width,
             depth=depth,
             out_size=d,
-            transform=lambda x, n: n,
+            transform=_negative_square,
             linear_skip=True,
             key=key,
         )
@@ -171,6 +171,11 @@ class LQR(AbstractClosedFormHJBModel):
         return {"control": -K @ z}
 
 
+def _negative_square(x, n):
+    del x
+    return -jnp.sum(n**2)
+
+
 class _NegativeSquare(eqx.Module):
     # V(x) = -|N(x) - N(0)|^2 - exp(offset): costs are non-negative, so V <= 0,
     # with its maximum at the bliss point x = 0 (V(0) = 0 without noise).
@@ -179,6 +184,6 @@ class _NegativeSquare(eqx.Module):
     noisy: bool = eqx.field(static=True)
 
     def __call__(self, x):
-        n = self.net(x) - self.net(jnp.zeros_like(x))
+        n = self.net.features(x) - self.net.features(jnp.zeros_like(x))
         value = -jnp.sum(n**2)
         return value - jnp.exp(self.offset) if self.noisy else value

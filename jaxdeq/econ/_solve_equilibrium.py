@@ -4,7 +4,7 @@
 from collections.abc import Callable
 from typing import Any, overload
 
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from ._equilibrium import (
     _bracket,
@@ -25,8 +25,8 @@ def solve_equilibrium(
     economy: AbstractEconomy,
     solver: FiniteDifference = ...,
     *,
-    r0: float | None = ...,
-    bracket: tuple[float, float] | None = ...,
+    r0: float | Array | None = ...,
+    bracket: tuple[float | Array, float | Array] | None = ...,
     throw: bool = ...,
     key: None = ...,
     progress: None = ...,
@@ -38,8 +38,8 @@ def solve_equilibrium(
     economy: AbstractEconomy,
     solver: PINNHousehold,
     *,
-    r0: float | None = ...,
-    bracket: tuple[float, float] | None = ...,
+    r0: float | Array | None = ...,
+    bracket: tuple[float | Array, float | Array] | None = ...,
     throw: bool = ...,
     key: PRNGKeyArray,
     progress: Callable[[dict[str, Any]], None] | None = ...,
@@ -50,8 +50,8 @@ def solve_equilibrium(
     economy: AbstractEconomy,
     solver: FiniteDifference | PINNHousehold = FiniteDifference(),
     *,
-    r0: float | None = None,
-    bracket: tuple[float, float] | None = None,
+    r0: float | Array | None = None,
+    bracket: tuple[float | Array, float | Array] | None = None,
     throw: bool = True,
     key: PRNGKeyArray | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,

@@ -105,14 +105,21 @@ class ValueNetwork(eqx.Module):
             )
         self.transform = transform
 
-    def __call__(self, x: Float[Array, " d"]) -> Scalar:
-        """The value at one point `x` of shape `(d,)`."""
+    def features(self, x: Float[Array, " d"]) -> Float[Array, "*n"]:
+        """The network's raw output at one point `x` of shape `(d,)`, before the
+        output transform: a scalar for `out_size="scalar"`, else a vector of length
+        `out_size`."""
         lower = jnp.asarray(self.lower, x.dtype)
         upper = jnp.asarray(self.upper, x.dtype)
         y = (2 * x - lower - upper) / (upper - lower)
         n = self.mlp(y)
         if self.skip is not None:
             n = n + self.skip(y)
+        return n
+
+    def __call__(self, x: Float[Array, " d"]) -> Scalar:
+        """The value at one point `x` of shape `(d,)`."""
+        n = self.features(x)
         return n if self.transform is None else self.transform(x, n)
 
 

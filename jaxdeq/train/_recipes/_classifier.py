@@ -47,19 +47,19 @@ def report_metrics(
 def loosened(obj):
     """A solver or adjoint asking for what bfloat16 can resolve.
 
-    bfloat16 has about three significant digits, so residuals below about 1e-2 are
-    rounding noise: tolerances are raised to at least 1e-2 (in a nested linear
-    solver too) instead of letting the solves run to their step limits.
+    bfloat16 has about three significant digits, so relative residuals below about
+    1e-2 are rounding noise: `rtol` is raised to at least 1e-2 (in a nested linear
+    solver too) instead of letting the solves run to their step limits. `atol` is
+    kept: it is in the units of the problem, and raising it would stop a solve
+    whose vectors are small (the backward solve of a mean loss) after one step.
     """
     if isinstance(obj, ImplicitAdjoint):
         if obj.linear_solver is None:  # follows the (loosened) forward solver
             return obj
         return eqx.tree_at(lambda a: a.linear_solver, obj, loosened(obj.linear_solver))
-    fields = [f for f in ("rtol", "atol") if hasattr(obj, f)]
-    if not fields:
+    if not hasattr(obj, "rtol"):
         return obj
-    values = tuple(max(float(getattr(obj, f)), _BFLOAT16_TOL) for f in fields)
-    return eqx.tree_at(lambda o: tuple(getattr(o, f) for f in fields), obj, values)
+    return eqx.tree_at(lambda o: o.rtol, obj, max(float(obj.rtol), _BFLOAT16_TOL))
 
 
 def float32(tree):
@@ -139,13 +139,14 @@ def classifier_loss(
 
 
 def classifier_evaluate(
-    model: Classifier,
+    model: Callable[[Array], tuple[Array, Report]],
     data: dict,
     *,
     names: tuple[str, ...] = REPORT_METRICS + ("successful",),
 ) -> dict[str, Array]:
     """Accuracy and [`jaxdeq.train.report_metrics`][] (`names` of them) of a
-    [`jaxdeq.train.Classifier`][] on all of `data`."""
+    classifier on all of `data`: a [`jaxdeq.train.Classifier`][] or any model that
+    maps one example to `(logits, report)`."""
     logits, report = jax.vmap(model)(jnp.asarray(data["x"]))
     metrics = report_metrics(report, names)
     metrics["accuracy"] = _accuracy(logits, jnp.asarray(data["y"]))
