@@ -285,8 +285,8 @@ def ep_gradient(
     - `"one_sided"` (Scellier & Bengio 2017):
         $\frac{1}{\beta}\big(\partial_\theta F(s^\beta) - \partial_\theta F(s^0)\big)$,
         bias $O(\beta)$;
-    - `"symmetric"`: $\frac{1}{2\beta}\big(\partial_\theta F(s^{\beta})
-        - \partial_\theta F(s^{-\beta})\big)$, bias $O(\beta^2)$;
+    - `"symmetric"`: $\frac{1}{2\beta}\big(\partial_\theta F(s^{\beta}) -
+        \partial_\theta F(s^{-\beta})\big)$, bias $O(\beta^2)$;
     - `"holomorphic"` (Laborieux & Zenke 2022): $N$ = `num_nudges` complex nudges
         $\beta_k = \beta e^{2\pi i k / N}$ and
         $\mathrm{Re}\,\frac1N \sum_k \partial_\theta F(s^{\beta_k}) / \beta_k$, bias

@@ -1,7 +1,7 @@
 import json
 import pathlib
 
-from .._optional import require
+from .._optional import matplotlib_figure
 from ._checkpoint import from_strict_record
 
 
@@ -43,11 +43,9 @@ def plot_history(history: list[dict], path) -> pathlib.Path:
 
     The path written.
     """
-    matplotlib = require("matplotlib", "plot_history")
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    # Drawn without pyplot, so the caller's backend is left alone (switching it to
+    # Agg here would stop a notebook's own figures from showing).
+    figure = matplotlib_figure("plot_history")
     panels = [
         ("loss", ("loss",), "log"),
         ("accuracy", ("accuracy", "eval_accuracy"), "linear"),
@@ -63,9 +61,8 @@ def plot_history(history: list[dict], path) -> pathlib.Path:
         ),
     ]
     panels = [p for p in panels if any(k in r for r in history for k in p[1])]
-    fig, axes = plt.subplots(
-        1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3)
-    )
+    fig = figure(figsize=(4 * max(len(panels), 1), 3))
+    axes = fig.subplots(1, max(len(panels), 1))
     axes = [axes] if len(panels) <= 1 else list(axes)
     for ax, (title, keys, scale) in zip(axes, panels):
         for key in keys:
@@ -84,5 +81,4 @@ def plot_history(history: list[dict], path) -> pathlib.Path:
     fig.tight_layout()
     path = pathlib.Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
