@@ -69,14 +69,26 @@ root_finders = tuple(
 _COMPILE_HEAVY = (jaxdeq.Homotopy, jaxdeq.SteadyState)
 
 
-def battery(solvers):
+def every_variant(solvers):
+    """`solvers` as pytest parameters, all in the default run but the compile-heavy
+    classes (which have their known-answer tests in test_continuous_solvers.py)."""
+    return [
+        pytest.param(s, marks=pytest.mark.slow) if isinstance(s, _COMPILE_HEAVY) else s
+        for s in solvers
+    ]
+
+
+def battery(solvers, default=None):
     """`solvers` as pytest parameters. The default run keeps the first solver of
-    each class that is not compile-heavy; the slow stage runs every variant (other
-    memories, damping, line search) and the compile-heavy classes."""
+    each class that is not compile-heavy (of the classes in `default` only, when
+    given: for the parts of the battery where one class stands for the rest); the
+    slow stage runs every variant (other memories, damping, line search) and the
+    compile-heavy classes."""
     seen = set()
     params = []
     for s in solvers:
-        if isinstance(s, _COMPILE_HEAVY) or type(s) in seen:
+        excluded = default is not None and not isinstance(s, default)
+        if isinstance(s, _COMPILE_HEAVY) or type(s) in seen or excluded:
             params.append(pytest.param(s, marks=pytest.mark.slow))
         else:
             params.append(s)

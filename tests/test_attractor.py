@@ -108,6 +108,7 @@ def _loss_grads(model, x, v):
     return eqx.filter_grad(loss)(model)
 
 
+@pytest.mark.slow
 def test_backward_modes_match_their_formulas(affine):
     # For the affine map, J = A, dF/db = I and dF/dc = I + A, so the gradient of
     # L = <v, y*> with respect to b is w for each mode's adjoint vector w.
@@ -451,6 +452,7 @@ def test_bad_input(affine):
         AttentionBlock(4, 2, np.zeros((3, 3), bool), key=jr.PRNGKey(0))
 
 
+@pytest.mark.slow
 def test_sudoku_generator():
     puzzles, solutions = sudoku_puzzles(12, givens=(28, 36), seed=3)
     assert puzzles.shape == solutions.shape == (12, 81)

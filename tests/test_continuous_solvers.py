@@ -99,7 +99,9 @@ def test_continuous_newton_decay(getkey):
 
 
 @pytest.mark.parametrize("kind", ["fixed_point", "newton"])
-@pytest.mark.parametrize("parametrisation", ["arclength", "lambda"])
+@pytest.mark.parametrize(
+    "parametrisation", ["arclength", pytest.param("lambda", marks=pytest.mark.slow)]
+)
 def test_matches_newton_on_tanh_cells(kind, parametrisation, getkey):
     w, u, x, b = tanh_args(getkey(), n=8, m=3, norm=1.2)
     args = (w, u, x, b)
@@ -315,13 +317,18 @@ def test_bad_inputs():
     [
         jaxdeq.SteadyState(rtol=1e-8, atol=1e-8),
         # A first step far too long for the tolerance: rejected steps at the start.
-        jaxdeq.SteadyState(rtol=1e-8, atol=1e-8, dt0=5.0),
-        jaxdeq.SteadyState(
-            rtol=1e-8,
-            atol=1e-8,
-            solver=diffrax.Heun(),
-            stepsize_controller=diffrax.ConstantStepSize(),
-            dt0=0.5,
+        pytest.param(
+            jaxdeq.SteadyState(rtol=1e-8, atol=1e-8, dt0=5.0), marks=pytest.mark.slow
+        ),
+        pytest.param(
+            jaxdeq.SteadyState(
+                rtol=1e-8,
+                atol=1e-8,
+                solver=diffrax.Heun(),
+                stepsize_controller=diffrax.ConstantStepSize(),
+                dt0=0.5,
+            ),
+            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -342,7 +349,9 @@ def test_steady_state_counts_every_evaluation(solver):
     "solver",
     [
         jaxdeq.Homotopy(rtol=1e-10, atol=1e-12),
-        jaxdeq.SteadyState(rtol=1e-10, atol=1e-12),
+        pytest.param(
+            jaxdeq.SteadyState(rtol=1e-10, atol=1e-12), marks=pytest.mark.slow
+        ),
     ],
 )
 def test_aux_and_pytree_state(solver):

@@ -150,8 +150,10 @@ def test_layer_with_spectral_norm_cell(getkey):
     "solver",
     [
         jaxdeq.Anderson(rtol=1e-4, atol=1e-6),
-        jaxdeq.Broyden(rtol=1e-4, atol=1e-6),
-        optx.FixedPointIteration(rtol=1e-4, atol=1e-6),
+        pytest.param(jaxdeq.Broyden(rtol=1e-4, atol=1e-6), marks=pytest.mark.slow),
+        pytest.param(
+            optx.FixedPointIteration(rtol=1e-4, atol=1e-6), marks=pytest.mark.slow
+        ),
     ],
 )
 def test_layer_trains_under_jit_without_recompiling(solver, getkey):

@@ -52,7 +52,7 @@ def _rel_error(net, x, y, g_true, **kwargs):
         ("one_sided", 2, 1),
         ("symmetric", 2, 2),
         ("holomorphic", 3, 3),
-        ("holomorphic", 4, 4),
+        pytest.param("holomorphic", 4, 4, marks=pytest.mark.slow),
     ],
 )
 @pytest.mark.parametrize("form", ["energy", "vector_field"])
@@ -90,6 +90,7 @@ def test_holomorphic_with_two_nudges_is_symmetric(problem):
     np.testing.assert_allclose(_flat(g_hol), _flat(g_sym), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_implicit_gradient_matches_finite_differences_and_unrolled(problem):
     net, x, y, g_true = problem
     flat, unravel = jfu.ravel_pytree(eqx.filter(net, eqx.is_inexact_array))

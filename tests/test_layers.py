@@ -23,6 +23,9 @@ _ids = [case.name for case in layers]
 # the slow stage checks every layer (each family's own module also checks its
 # gradients against finite differences).
 _CHEAP = {"DEQ", "MonDEQ"}
+# Layers with a diffrax solve or a graph or DBM solve inside, whose programs take
+# several seconds to compile.
+_HEAVY_COMPILE = {"ConvergentGraphSolver", "MonotoneDBM", "NeuralODE", "HomoODE"}
 
 
 def _batched(case, layer, inputs):
@@ -140,8 +143,11 @@ def test_forced_failure_is_reported_per_sample(case, getkey):
             case,
             dtype,
             id=f"{case.name}-{jnp.dtype(dtype).name}",
+            # The default run: every dtype of the cheap layers, float32 of the
+            # others whose compile is light; the slow stage runs the rest.
             marks=()
-            if dtype != jnp.bfloat16 or case.name in _CHEAP
+            if case.name in _CHEAP
+            or (dtype != jnp.bfloat16 and case.name not in _HEAVY_COMPILE)
             else pytest.mark.slow,
         )
         for case in layers

@@ -472,6 +472,7 @@ def test_fitted_initial_point_cuts_evaluations(getkey):
 #
 
 
+@pytest.mark.slow  # test_layers checks NeuralODE for retracing in the default run.
 def test_jit_does_not_retrace_on_new_data(getkey):
     counter = [0]
     block = ode.NeuralODE(Traced(_mlp_field(getkey()), counter))
@@ -494,6 +495,7 @@ def test_jit_does_not_retrace_on_new_data(getkey):
     assert counter[0] == traces
 
 
+@pytest.mark.slow  # test_layers checks NeuralODE's vmap in the default run.
 def test_vmap_equals_loop(getkey):
     block = ode.NeuralODE(_mlp_field(getkey(), size=4), augment=1)
     ys = jr.normal(getkey(), (3, 3))

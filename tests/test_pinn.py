@@ -324,6 +324,7 @@ def test_fit_non_finite_keeps_the_last_good_parameters(getkey):
         pinn.fit(loss, params, lambda k, p: None, key=getkey(), log_every=0)
 
 
+@pytest.mark.slow
 def test_fit_reuses_its_compiled_blocks_for_the_same_loss():
     # A caller that fits the same loss function again (the Huggett PINN, at each
     # interest rate) does not trace or compile the Adam and L-BFGS blocks again;

@@ -69,6 +69,7 @@ def test_broyden_no_fixed_point_is_not_successful(seed):
     assert sol.result != jaxdeq.RESULTS.successful
 
 
+@pytest.mark.slow
 def test_steady_state_without_steady_state_diverges():
     # dz/dt = f(z) - z = 1 has no steady state. Before: `successful` after one step,
     # because ||z|| (then the test's scale) had grown to ~1e8.
