@@ -18,12 +18,22 @@ from ._adjoint import (
     NeumannAdjoint as NeumannAdjoint,
     PhantomAdjoint as PhantomAdjoint,
 )
+from ._adjoint_scan import ScanAdjoint as ScanAdjoint
 from ._adjoint_splitting import SplittingAdjoint as SplittingAdjoint
+from ._bidiagonal import (
+    BlockBidiagonalLinearOperator as BlockBidiagonalLinearOperator,
+    ParallelScan as ParallelScan,
+)
 from ._deq import DEQ as DEQ, fixed_point as fixed_point
 from ._linear import (
     block_tridiagonal as block_tridiagonal,
     BlockTridiagonal as BlockTridiagonal,
     BlockTridiagonalLinearOperator as BlockTridiagonalLinearOperator,
+)
+from ._recurrence import (
+    ParallelRNN as ParallelRNN,
+    recurrence_residual as recurrence_residual,
+    solve_recurrence as solve_recurrence,
 )
 from ._regularisers import (
     fixed_point_correction as fixed_point_correction,
@@ -40,6 +50,8 @@ from ._solver import (
     Anderson as Anderson,
     BracketedNewton as BracketedNewton,
     Broyden as Broyden,
+    DEER as DEER,
+    ELK as ELK,
     ForwardBackward as ForwardBackward,
     Homotopy as Homotopy,
     homotopy_path as homotopy_path,
@@ -47,6 +59,7 @@ from ._solver import (
     MinStepsRootFinder as MinStepsRootFinder,
     PeacemanRachford as PeacemanRachford,
     PseudoTransientNewton as PseudoTransientNewton,
+    QuasiDEER as QuasiDEER,
     SteadyState as SteadyState,
 )
 

@@ -493,3 +493,104 @@ layers = layers + (
     ),
     LayerCase("ConvergentGraphSolver", _graph_make, _graph_inputs, _graph_failing),
 )
+
+
+# ---------------------------------------------------------------------------------
+# Sequence solvers (tests/test_deer.py runs them over tanh RNNs and GRUs), and the
+# layer built on them.
+
+sequence_solvers = (
+    jaxdeq.DEER(rtol=1e-12, atol=1e-12),
+    jaxdeq.QuasiDEER(rtol=1e-12, atol=1e-12),
+    jaxdeq.ELK(rtol=1e-12, atol=1e-12, diagonal=True),
+    jaxdeq.ELK(rtol=1e-12, atol=1e-12),
+    jaxdeq.ELK(rtol=1e-12, atol=1e-12, damping=0.1, adaptive=False),
+)
+
+
+class TanhRNN(eqx.Module):
+    """h' = tanh(W h + U x + b), contracting for ||W|| < 1."""
+
+    weight: Array
+    inject: Array
+    bias: Array
+
+    def __call__(self, h, x):
+        return jnp.tanh(self.weight @ h + self.inject @ x + self.bias)
+
+
+def tanh_rnn(key, n=4, m=3, norm=0.8, bias=0.1, dtype=jnp.float64):
+    k1, k2, k3 = jr.split(key, 3)
+    return TanhRNN(
+        _contraction(k1, n, norm, dtype),
+        (jr.normal(k2, (n, m)) / math.sqrt(m)).astype(dtype),
+        (bias * jr.normal(k3, (n,))).astype(dtype),
+    )
+
+
+class GRU(eqx.Module):
+    """A gated recurrent unit: z, r gates, candidate n, h' = (1 - z) n + z h."""
+
+    hidden: Array  # (3, n, n): update, reset, candidate
+    inject: Array  # (3, n, m)
+    bias: Array  # (3, n)
+
+    def __call__(self, h, x):
+        pre = self.inject @ x + self.bias
+        z = jax.nn.sigmoid(pre[0] + self.hidden[0] @ h)
+        r = jax.nn.sigmoid(pre[1] + self.hidden[1] @ h)
+        n = jnp.tanh(pre[2] + r * (self.hidden[2] @ h))
+        return (1 - z) * n + z * h
+
+
+def gru(key, n=4, m=3, dtype=jnp.float64):
+    k1, k2, k3 = jr.split(key, 3)
+    return GRU(
+        (jr.normal(k1, (3, n, n)) / math.sqrt(n)).astype(dtype),
+        (jr.normal(k2, (3, n, m)) / math.sqrt(m)).astype(dtype),
+        (0.1 * jr.normal(k3, (3, n))).astype(dtype),
+    )
+
+
+def scan_trajectory(cell, h0, xs):
+    """The reference: the recurrence by `jax.lax.scan`."""
+    return jax.lax.scan(lambda h, x: (cell(h, x), cell(h, x)), h0, xs)[1]
+
+
+_RNN_LENGTH = 12
+
+
+def _rnn_make(key, dtype, *, tol, max_steps, throw, fallback=True):
+    # Zero bias: a zero input sequence leaves the zero state where it is.
+    return jaxdeq.ParallelRNN(
+        tanh_rnn(key, n=6, m=3, bias=0.0, dtype=dtype),
+        jnp.zeros(6, dtype),
+        solver=jaxdeq.DEER(rtol=tol, atol=tol),
+        max_steps=max_steps,
+        throw=throw,
+        fallback=fallback,
+    )
+
+
+def _rnn_inputs(key, batch, dtype):
+    return (jr.normal(key, (batch, _RNN_LENGTH, 3)).astype(dtype),)
+
+
+def _rnn_failing(key, batch, dtype):
+    # Zero sequences are solved by the initial guess in one step; the others need
+    # more than one Newton step. Without the fallback, they fail.
+    (xs,) = _rnn_inputs(key, batch, dtype)
+    expected = jnp.arange(batch) < batch // 2
+    xs = jnp.where(expected[:, None, None], jnp.zeros((), dtype), xs)
+    return {"max_steps": 1, "fallback": False}, (xs,), expected
+
+
+layers = layers + (
+    LayerCase(
+        "ParallelRNN",
+        _rnn_make,
+        _rnn_inputs,
+        _rnn_failing,
+        failure="nonlinear_max_steps_reached",
+    ),
+)
