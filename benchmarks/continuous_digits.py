@@ -130,7 +130,7 @@ def _ode_kwargs(tol):
     return dict(
         solver=dfx.Dopri5(),
         stepsize_controller=dfx.PIDController(rtol=tol, atol=tol),
-        adjoint=dfx.RecursiveCheckpointAdjoint(),
+        adjoint=dfx.RecursiveCheckpointAdjoint(checkpoints=32),  # NeuralODE's default
     )
 
 

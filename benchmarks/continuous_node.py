@@ -19,9 +19,10 @@ the same way ("batch as one ODE": `NeuralODE` on the (batch, state) array, with 
 vector field that vmaps the ConcatField over the batch: the identical algorithm), and
 also per sample under `jax.vmap` ("vmap": each sample its own step sizes; the batched
 loop runs until its slowest sample stops). Backward modes in pairs: backprop through
-the solver (torch autograd through `odeint`; `diffrax.RecursiveCheckpointAdjoint()`,
-NeuralODE's default) and the continuous adjoint (torchdiffeq `odeint_adjoint` with
-its default adjoint tolerances and norm; `diffrax.BacksolveAdjoint()` with the same
+the solver (torch autograd through `odeint`;
+`diffrax.RecursiveCheckpointAdjoint(checkpoints=32)`, NeuralODE's default) and the
+continuous adjoint (torchdiffeq `odeint_adjoint` with its default adjoint tolerances
+and norm; `diffrax.BacksolveAdjoint()` with the same
 solver and controller on the augmented state).
 
 Measured. Forward time (torch under no_grad; JAX an AOT-compiled forward,
@@ -108,7 +109,7 @@ def _controller(tol):
 
 def _adjoint(name):
     return {
-        "backprop": dfx.RecursiveCheckpointAdjoint(),
+        "backprop": dfx.RecursiveCheckpointAdjoint(checkpoints=32),  # NeuralODE's
         "adjoint": dfx.BacksolveAdjoint(),
     }[name]
 

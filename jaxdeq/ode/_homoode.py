@@ -13,6 +13,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._misc import check_positive_int
 from .._solution import Report
 from ._neural_ode import (
+    _default_adjoint,
     _to_optional_float,
     check_ode_config,
     check_vector_field,
@@ -200,7 +201,7 @@ class HomoODE(eqx.Module):
     stepsize_controller: dfx.AbstractStepSizeController = dfx.PIDController(
         rtol=1e-3, atol=1e-3
     )
-    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
+    adjoint: dfx.AbstractAdjoint = eqx.field(default_factory=_default_adjoint)
     dt0: float | None = eqx.field(
         static=True, default=None, converter=_to_optional_float
     )
@@ -397,7 +398,7 @@ HomoODE.__init__.__doc__ = r"""**Arguments:**
 - `solver`: a diffrax solver (default `diffrax.Dopri5()`, the authors' choice).
 - `stepsize_controller`: a diffrax step-size controller (default
     `diffrax.PIDController(rtol=1e-3, atol=1e-3)`, the authors' tolerances).
-- `adjoint`: `diffrax.RecursiveCheckpointAdjoint()` (default) or
+- `adjoint`: `diffrax.RecursiveCheckpointAdjoint(checkpoints=32)` (default) or
     `diffrax.BacksolveAdjoint()`; see [`jaxdeq.ode.NeuralODE`][]. (The path ends at
     $t = 1$, not at a steady state, so `diffrax.ImplicitAdjoint()` does not apply.)
 - `dt0`: the first step; `None` lets an adaptive controller choose (needed with

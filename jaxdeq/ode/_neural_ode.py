@@ -31,6 +31,19 @@ _STEADY_STATE = dfx.Event(dfx.steady_state_event())
 _STATELESS_ADJOINTS = (dfx.ImplicitAdjoint, dfx.BacksolveAdjoint)
 
 
+# The default backward mode: backpropagation through the solver with at most
+# `_BACKPROP_CHECKPOINTS` stored steps. diffrax's own default sizes its checkpoint
+# buffers at about sqrt(2 max_steps) states (91 for max_steps=4096), and those buffers
+# cost time on every call, however few steps the solve takes; a solve of more steps
+# than this recomputes some of them (online binomial checkpointing).
+_BACKPROP_CHECKPOINTS = 32
+
+
+def _default_adjoint() -> dfx.RecursiveCheckpointAdjoint:
+    """The default backward mode of the ODE blocks."""
+    return dfx.RecursiveCheckpointAdjoint(checkpoints=_BACKPROP_CHECKPOINTS)
+
+
 def _to_float(value: Any) -> Any:
     """Python numbers and concrete scalars to float; anything else is left for
     `__check_init__` to reject with a message."""
@@ -218,10 +231,14 @@ class NeuralODE(eqx.Module):
 
     **Backward modes** (`adjoint`):
 
-    - `diffrax.RecursiveCheckpointAdjoint()` (default): backpropagates through the
-        solver's operations with binomial checkpointing. The gradient is the exact
-        gradient of the computed solution, and memory grows only logarithmically with
-        the number of steps.
+    - `diffrax.RecursiveCheckpointAdjoint(checkpoints=32)` (default): backpropagates
+        through the solver's operations. The gradient is the exact gradient of the
+        computed solution. Up to 32 steps are stored; a longer solve recomputes some
+        steps in the backward pass (online binomial checkpointing), so memory stays
+        at 32 states. diffrax's own default, `RecursiveCheckpointAdjoint()`, sizes its
+        buffers by `max_steps` (about $\sqrt{2\,\text{max\_steps}}$ states) and
+        pays for them on every call, however few steps the solve takes; pass it, or
+        a larger `checkpoints`, for long solves that should recompute nothing.
     - `diffrax.BacksolveAdjoint()`: the continuous adjoint of Chen et al. (2018):
         solves the adjoint ODE backwards in time. Memory is constant, but the
         gradient is only as accurate as the solver's tolerances, and the backward
@@ -300,7 +317,7 @@ class NeuralODE(eqx.Module):
     stepsize_controller: dfx.AbstractStepSizeController = dfx.PIDController(
         rtol=1e-3, atol=1e-3
     )
-    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
+    adjoint: dfx.AbstractAdjoint = eqx.field(default_factory=_default_adjoint)
     dt0: float | None = eqx.field(
         static=True, default=None, converter=_to_optional_float
     )
@@ -590,7 +607,8 @@ NeuralODE.__init__.__doc__ = r"""**Arguments:**
 - `stepsize_controller`: a diffrax step-size controller (default
     `diffrax.PIDController(rtol=1e-3, atol=1e-3)`); `diffrax.ConstantStepSize()`
     needs `dt0`.
-- `adjoint`: the backward mode: `diffrax.RecursiveCheckpointAdjoint()` (default),
+- `adjoint`: the backward mode: `diffrax.RecursiveCheckpointAdjoint(checkpoints=32)`
+    (default),
     `diffrax.BacksolveAdjoint()`, or `diffrax.ImplicitAdjoint()` (with
     `steady_state=True` only); see above.
 - `dt0`: the first step (every step, with `ConstantStepSize`); `None` lets an

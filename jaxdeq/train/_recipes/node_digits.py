@@ -57,7 +57,6 @@ def _init(key, options: NODEDigitsOptions) -> Classifier:
             stepsize_controller=diffrax.PIDController(
                 rtol=options.tol, atol=options.tol
             ),
-            adjoint=diffrax.RecursiveCheckpointAdjoint(),
         ),
         eqx.nn.Linear(h, 10, dtype=f32, key=hkey),
         layer_float32=True,
